@@ -111,8 +111,8 @@ class LossConfig:
 
     Attributes:
       name: reconstruction loss: "bce" (binary cross-entropy summed over
-        songs), "bce2" (BCE with the positive and negative parts each
-        averaged), "ce" (softmax cross-entropy, the multinomial likelihood
+        songs), "bce2" (that sum divided by the user's number of
+        positive songs), "ce" (softmax cross-entropy, the multinomial likelihood
         of Mult-VAE), "focal" / "focal2" (focal loss, summed / per part).
       beta: weight of the KL term of a VAE (its cap when annealed).
       beta_start_epoch: the KL term is off before this epoch (0: always on).

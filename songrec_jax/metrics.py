@@ -53,12 +53,14 @@ def _check_scores(scores: jax.Array) -> None:
         raise InputError(f"scores must be [batch, n_songs], got shape {scores.shape}")
 
 
-def _check_per_song(name: str, array: jax.Array, batch: int, n_songs: int) -> None:
-    """`array` must be `[n_songs]` or `[batch, n_songs]`."""
-    if array.shape not in ((n_songs,), (batch, n_songs)):
+def _check_shared_or_per_row(
+    name: str, array: jax.Array, batch: int, width: int, width_name: str = "n_songs"
+) -> None:
+    """`array` must be `[width]` (shared by all rows) or `[batch, width]`."""
+    if array.shape not in ((width,), (batch, width)):
         raise InputError(
-            f"{name} has shape {array.shape}; expected [n_songs]=({n_songs},) or "
-            f"[batch, n_songs]=({batch}, {n_songs})"
+            f"{name} has shape {array.shape}; expected [{width_name}]=({width},) "
+            f"or [batch, {width_name}]=({batch}, {width})"
         )
 
 
@@ -76,7 +78,7 @@ def _check_ranking(top_indices: jax.Array, name: str, per_song: jax.Array) -> No
     n_songs = per_song.shape[-1]
     if k > n_songs:
         raise InputError(f"k={k} (width of top_indices) exceeds n_songs={n_songs}")
-    _check_per_song(name, per_song, batch, n_songs)
+    _check_shared_or_per_row(name, per_song, batch, n_songs)
 
 
 def _gather(per_song: jax.Array, top_indices: jax.Array) -> jax.Array:
@@ -142,7 +144,7 @@ def top_k(
                 f"exclude must be a bool mask, got dtype {exclude.dtype}; "
                 "turn song ids into a mask first (see relevance_from_sparse)"
             )
-        _check_per_song("exclude", exclude, batch, n_songs)
+        _check_shared_or_per_row("exclude", exclude, batch, n_songs)
     return _top_k(scores, exclude, int(k))
 
 
@@ -223,7 +225,9 @@ def _precision(top_indices: jax.Array, relevant: jax.Array) -> jax.Array:
 def _average_precision(top_indices: jax.Array, relevant: jax.Array) -> jax.Array:
     hits, n_relevant = _hits_and_relevant(top_indices, relevant)
     k = top_indices.shape[1]
-    precision_at_rank = jnp.cumsum(hits, axis=-1) / jnp.arange(1, k + 1)
+    precision_at_rank = jnp.cumsum(hits, axis=-1) / jnp.arange(
+        1, k + 1, dtype=jnp.float32
+    )
     denominator = jnp.maximum(jnp.minimum(n_relevant, k), 1.0)
     ap = jnp.sum(hits * precision_at_rank, axis=-1) / denominator
     return _nan_unless(n_relevant > 0, ap)
@@ -377,8 +381,7 @@ def relevance_from_sparse(
     values = np.asarray(values, np.float32)
     if values.shape != indices.shape:
         raise InputError(
-            f"values has shape {values.shape}; expected that of indices "
-            f"{indices.shape}"
+            f"values has shape {values.shape}; expected that of indices {indices.shape}"
         )
     dense = np.zeros((indptr.size - 1, n_cols), np.float32)
     dense[rows, indices] = values
@@ -407,13 +410,13 @@ def graded_relevance(
     """
     heldout, tag_songs = jnp.asarray(heldout), jnp.asarray(tag_songs)
     if heldout.ndim != 2:
-        raise InputError(
-            f"heldout must be [batch, n_songs], got shape {heldout.shape}"
-        )
-    _check_per_song("tag_songs", tag_songs, *heldout.shape)
+        raise InputError(f"heldout must be [batch, n_songs], got shape {heldout.shape}")
+    _check_shared_or_per_row("tag_songs", tag_songs, *heldout.shape)
     if isinstance(reli, numbers.Real) and not (math.isfinite(reli) and reli >= 0):
         raise InputError(f"reli={reli!r} must be a finite number >= 0")
-    tag_relevance = jnp.where(tag_songs.astype(bool), jnp.float32(reli), 0.0)
+    tag_relevance = jnp.where(
+        tag_songs.astype(bool), jnp.asarray(reli, jnp.float32), 0.0
+    )
     return jnp.maximum(heldout.astype(jnp.float32), tag_relevance)
 
 
@@ -493,8 +496,8 @@ def latent_distance(
     if z.ndim != 2:
         raise InputError(f"z must be [batch, latent_dim], got shape {z.shape}")
     centre = jnp.asarray(centre, jnp.float32)
-    _check_per_song("centre", centre, *z.shape)
+    _check_shared_or_per_row("centre", centre, *z.shape, "latent_dim")
     if std is not None:
         std = jnp.asarray(std, jnp.float32)
-        _check_per_song("std", std, *z.shape)
+        _check_shared_or_per_row("std", std, *z.shape, "latent_dim")
     return _distance(z, centre, std)
