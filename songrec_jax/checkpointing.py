@@ -65,7 +65,8 @@ def save(directory: str | Path, params: Any, config: Config, *,
       config: the run's config, stored as JSON metadata.
       opt_state: optimizer state to resume from (omit for `best`).
       history: the training history as a JSON-compatible dict.
-      step: a number that increases with every save (the epoch).
+      step: the epoch (or other progress count) the checkpoint holds; it
+        also numbers the checkpoint's folder unless that number is taken.
       loop: JSON-compatible position of the training loop.
       kind: "best" or "latest".
 
@@ -86,7 +87,11 @@ def save(directory: str | Path, params: Any, config: Config, *,
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with _manager(directory, kind) as manager:
-            manager.save(int(step), force=True, args=ocp.args.Composite(
+            # A step already on disk (saved by a run that was killed before
+            # its next save) is never overwritten in place: the new
+            # checkpoint takes the next number and then replaces it.
+            number = max(int(step), (manager.latest_step() or 0) + 1)
+            manager.save(number, force=True, args=ocp.args.Composite(
                 meta=ocp.args.JsonSave(meta), **items))
             manager.wait_until_finished()
     except CheckpointError:
@@ -96,7 +101,7 @@ def save(directory: str | Path, params: Any, config: Config, *,
             f"could not save the {kind} checkpoint in {str(directory)!r}: "
             f"{type(e).__name__}: {e}. The previous checkpoint, if any, is intact."
         ) from e
-    return directory / kind / str(int(step))
+    return directory / kind / str(number)
 
 
 def exists(directory: str | Path, kind: str = "latest") -> bool:

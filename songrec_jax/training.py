@@ -24,10 +24,13 @@ in a `History`, saved with every checkpoint, and plotted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -283,7 +286,8 @@ def _copy(tree):
 
 def train(config: Config, data: ListeningData, *,
           directory: str | Path | None = None, resume: bool = False,
-          progress: bool = True, callback: Callback | None = None) -> TrainResult:
+          progress: bool = True, callback: Callback | None = None,
+          mesh: jax.sharding.Mesh | None = None) -> TrainResult:
     """Trains a model on `data` as described in the module docstring.
 
     Args:
@@ -295,6 +299,10 @@ def train(config: Config, data: ListeningData, *,
       progress: show a progress bar per epoch.
       callback: called as `callback(event, info)` after each step
         ("step") and each epoch ("epoch"), e.g. for live plots.
+      mesh: train on the devices of this mesh (`sharding.make_mesh`):
+        batches split over its "data" axis, songs over "model". The config
+        is padded first (`sharding.padded_config`); the result and the
+        checkpoints carry the padded config. None trains on one device.
 
     Returns:
       The best parameters, the history and the splits.
@@ -308,6 +316,11 @@ def train(config: Config, data: ListeningData, *,
     directory = Path(directory) if directory is not None else None
     if resume and directory is None:
         raise ConfigError("resume=True needs a checkpoint directory")
+    if mesh is not None:
+        from songrec_jax import sharding  # local: sharding imports this module
+
+        config = sharding.padded_config(config, mesh)
+        sharding.check_batch_size(config.train.batch_size, mesh)
     t = config.train
     data_splits = make_splits(data, config)
     if data_splits.train.n_users == 0 or data_splits.val.n_users == 0:
@@ -318,8 +331,14 @@ def train(config: Config, data: ListeningData, *,
     optimizer = make_optimizer(config)
     train_data = data.subset_users(data_splits.train_users)
     popularity = train_data.song_popularity() / max(train_data.n_users, 1)
-    params = models.init(config, key=keys["init"], song_popularity=popularity)
-    opt_state = optimizer.init(params)
+    if mesh is None:
+        params = models.init(config, key=keys["init"], song_popularity=popularity)
+        init_opt = optimizer.init
+    else:
+        params = sharding.init_params(config, mesh, key=keys["init"],
+                                      song_popularity=popularity)
+        init_opt = lambda p: sharding.init_opt_state(optimizer, p, mesh)  # noqa: E731
+    opt_state = init_opt(params)
     history = History()
     loop = {"epoch": 0, "step": 0, "best": None, "patience_left": t.patience,
             "restarts": 0, "lr": t.learning_rate, "done": False}
@@ -336,15 +355,22 @@ def train(config: Config, data: ListeningData, *,
             directory, {"params": params, "opt_state": opt_state}, kind="latest")
         params, opt_state = state["params"], state["opt_state"]
         loop, history = meta["loop"], History.from_dict(meta["history"])
-        if checkpointing.exists(directory, "best"):
+        if checkpointing.exists(directory, "best") and mesh is None:
             best_params = checkpointing.load_params(directory, kind="best")[0]
+        elif checkpointing.exists(directory, "best"):
+            best_params = sharding.restore_sharded(directory, config, mesh,
+                                                   kind="best")[0]["params"]
         log.info("resuming %s at epoch %d", directory, loop["epoch"])
     elif directory is not None and checkpointing.exists(directory, "latest"):
         log.warning("%s already holds checkpoints; they will be replaced "
                     "(pass resume=True to continue them)", directory)
 
-    train_step = make_train_step(config, optimizer)
-    eval_step = make_eval_step(config)
+    if mesh is None:
+        train_step = make_train_step(config, optimizer)
+        eval_step = make_eval_step(config)
+    else:
+        train_step = sharding.make_train_step(config, optimizer, mesh)
+        eval_step = sharding.make_eval_step(config, mesh)
     state = {"params": params, "opt_state": opt_state}
     n_batches = splits.n_batches(data_splits.train, t.batch_size)
     try:
@@ -385,8 +411,10 @@ def train(config: Config, data: ListeningData, *,
                      train_parts["total"], val["total"], NDCG_K, val["ndcg"],
                      " (best)" if improved else f", patience {loop['patience_left']}")
             if improved and directory is not None:
-                checkpointing.save(directory, best_params, config, step=epoch + 1,
-                                   history=history.to_dict(), kind="best")
+                with _sigint_deferred():
+                    checkpointing.save(directory, best_params, config,
+                                       step=epoch + 1, history=history.to_dict(),
+                                       kind="best")
             if loop["patience_left"] <= 0:
                 if loop["restarts"] >= t.restarts:
                     loop["done"] = True
@@ -396,16 +424,17 @@ def train(config: Config, data: ListeningData, *,
                     loop["patience_left"] = t.patience
                     params = _copy(best_params)
                     state = {"params": params,
-                             "opt_state": _set_lr(optimizer.init(params), loop["lr"])}
+                             "opt_state": _set_lr(init_opt(params), loop["lr"])}
                     history.restart()
                     log.info("restart %d from the best parameters, learning rate "
                              "%.3g", loop["restarts"], loop["lr"])
             loop["epoch"] = epoch + 1
             if directory is not None:
-                checkpointing.save(directory, state["params"], config,
-                                   opt_state=state["opt_state"], step=epoch + 1,
-                                   history=history.to_dict(), loop=loop,
-                                   kind="latest")
+                with _sigint_deferred():
+                    checkpointing.save(directory, state["params"], config,
+                                       opt_state=state["opt_state"], step=epoch + 1,
+                                       history=history.to_dict(), loop=loop,
+                                       kind="latest")
             if callback is not None:
                 callback("epoch", {"epoch": epoch + 1, "val": val, "loop": dict(loop)})
     except KeyboardInterrupt:
@@ -414,6 +443,26 @@ def train(config: Config, data: ListeningData, *,
                  "--resume)" if directory is not None else "nothing was saved")
         raise TrainingInterrupted(f"training interrupted by the user; {where}") from None
     return TrainResult(best_params, config, history, data_splits, directory)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Holds Ctrl-C back until a checkpoint save has finished.
+
+    A save cut short would leave nothing lost (saves are atomic) but would
+    throw away the epoch just trained; the interrupt is raised right after.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _check_finite(step_losses: list[dict], epoch: int, first_step: int) -> dict:
