@@ -227,6 +227,7 @@ def user_latents(
       float32 `[n_users, latent_dim]`.
     """
     c = models.model_config(config)
+    models.check_params(params, c)
     x = np.asarray(models.check_inputs(inputs, c))
     _check_batch_size(batch_size)
     n = len(x)

@@ -348,6 +348,7 @@ def recommend(
     """
     c = models.model_config(config)
     sigmoid = probability_kind(config, probabilities) == "sigmoid"
+    models.check_params(params, c)
     x = np.asarray(models.check_inputs(inputs, c))
     k = _check_k(k, c.n_songs)
     latent._check_batch_size(batch_size)
@@ -423,11 +424,19 @@ def recommend_one(
 
     Returns:
       `Recommendations` of 1-D arrays `[k]`.
+
+    Raises:
+      InputError: an empty history, or any error of `recommend`.
     """
     c = models.model_config(config)
     x = splits.to_input(
         song_indexes, c.input_len, key=0 if key is None else key, n_songs=c.n_songs
     )
+    if not (x >= 0).any():
+        raise InputError(
+            "the history is empty: the model needs at least one song to "
+            "recommend from (rank a new user by popularity instead)"
+        )
     result = recommend(params, config, x[None], k=k, batch_size=1, **steering)
     return Recommendations(result.indices[0], result.scores[0])
 
