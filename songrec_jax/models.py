@@ -50,7 +50,9 @@ class EmbeddingBag(nn.Module):
     """Pools the embeddings of the songs of each history into one vector.
 
     Attributes:
-      n_songs: size of the vocabulary.
+      n_songs: rows of the embedding table (the model gives it
+        `n_outputs` rows, so that it shards like the output layer; rows
+        beyond the real songs are never looked up).
       features: embedding width.
       pooling: "sum", "mean" or "attention".
     """
@@ -95,7 +97,7 @@ class Autoencoder(nn.Module):
             bag_width = hidden[0]
         else:
             bag_width = latent_dim * (2 if c.kind == "vae" else 1)
-        self.bag = EmbeddingBag(c.n_songs, bag_width, c.pooling)
+        self.bag = EmbeddingBag(c.n_outputs, bag_width, c.pooling)
         self.encoder_layers = [nn.Dense(h, name=f"encoder_{i}")
                                for i, h in enumerate(hidden[1:])]
         if hidden:
@@ -285,3 +287,37 @@ def check_inputs(x, config: ModelConfig) -> jax.Array:
 def n_params(params: Params) -> int:
     """Total number of parameters."""
     return sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
+
+
+@functools.lru_cache(maxsize=32)
+def _param_shapes(config: ModelConfig):
+    shapes = jax.eval_shape(lambda: init(config, key=jax.random.key(0)))
+    return jax.tree_util.tree_map(lambda s: (s.shape, s.dtype), shapes)
+
+
+def check_params(params: Params, config: Config | ModelConfig) -> None:
+    """Checks that parameters fit the config and hold only finite numbers.
+
+    Raises:
+      InputError: a missing, extra or misshapen parameter (parameters of
+        another config), or a NaN or infinite value (a diverged model).
+    """
+    c = model_config(config)
+    expected = _param_shapes(c)
+    try:
+        got = jax.tree_util.tree_map(lambda a: (tuple(a.shape), a.dtype), params)
+        same = jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(
+            expected) and got == expected
+    except (AttributeError, TypeError):
+        same = False
+    if not same:
+        raise InputError(
+            f"the parameters do not match the model config (kind={c.kind}, "
+            f"n_songs={c.n_songs}, dims={c.dims}, pooling={c.pooling}); pass the "
+            "config they were trained with (checkpointing.load_params returns it)")
+    finite = jax.tree_util.tree_map(lambda a: bool(jnp.isfinite(a).all()), params)
+    bad = [jax.tree_util.keystr(path) for path, ok in
+           jax.tree_util.tree_flatten_with_path(finite)[0] if not ok]
+    if bad:
+        raise InputError(f"the parameters hold NaN or infinite values in {bad}; "
+                         "the model diverged or the checkpoint is damaged")
