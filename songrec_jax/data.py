@@ -156,7 +156,11 @@ class ListeningData:
                                    user_ids=self.user_ids[users])
 
     def summary(self, top: int = 10) -> dict:
-        """Sizes, density and the most used tags, as plain Python values."""
+        """Sizes, density and the most used tags, as plain Python values.
+
+        `tags` is the size of the tag vocabulary; `tags_on_songs` counts
+        the tags that at least one song of the data carries.
+        """
         tag_songs = np.bincount(self.tag_indices, minlength=self.n_tags)
         order = np.argsort(-tag_songs, kind="stable")[:top]
         lengths = np.diff(self.indptr)
@@ -164,8 +168,8 @@ class ListeningData:
             "users": self.n_users,
             "songs": self.n_songs,
             "listens": self.n_listens,
-            "tags": int(np.count_nonzero(tag_songs)),
-            "tag_vocabulary": self.n_tags,
+            "tags": self.n_tags,
+            "tags_on_songs": int(np.count_nonzero(tag_songs)),
             "density": self.n_listens / max(1, self.n_users * self.n_songs),
             "songs_per_user_median": float(np.median(lengths)) if len(lengths) else 0.0,
             "tagged_songs": int(np.count_nonzero(np.diff(self.tag_indptr))),
@@ -198,7 +202,7 @@ def from_pairs(
     user_ids: Iterable, song_ids: Iterable, counts: Iterable | None = None,
     *, tag_song_ids: Iterable = (), tag_names: Iterable = (),
     song_names: dict | None = None, min_user_listens: int = 1,
-    min_song_listens: int = 1, top_tags: int = 0,
+    min_song_listens: int = 1, top_tags: int = 0, keep_tags: Iterable = (),
 ) -> ListeningData:
     """Builds `ListeningData` from (user, song, count) and (song, tag) pairs.
 
@@ -216,6 +220,10 @@ def from_pairs(
         the song filter, once).
       min_song_listens: drop songs with fewer distinct listeners.
       top_tags: keep only this many most used tags (0 keeps all).
+      keep_tags: tag names to keep in the vocabulary even though no kept
+        song carries them (a source's tags that it assigns only to songs
+        nobody listened to); they follow the used tags, alphabetically.
+        Ignored when `top_tags` is set.
 
     Returns:
       The data, with users and songs renumbered from 0.
@@ -293,6 +301,10 @@ def from_pairs(
     order = order[use[order] > 0]
     tag_map = np.full(len(tags), -1)
     tag_map[order] = np.arange(len(order))
+    vocabulary = tags[order]
+    if not top_tags:
+        extra = np.setdiff1d(np.asarray(list(keep_tags)).astype(str), vocabulary)
+        vocabulary = np.concatenate([vocabulary, extra])
     t_keep = tag_map[pairs[1]] >= 0
     tag_indptr, tag_indices, _ = _csr(pairs[0][t_keep], tag_map[pairs[1][t_keep]],
                                       len(songs))
@@ -302,7 +314,7 @@ def from_pairs(
         indptr=indptr, indices=indices, counts=summed.astype(np.float32),
         tag_indptr=tag_indptr, tag_indices=tag_indices,
         user_ids=users[kept_users], song_ids=songs, song_names=names,
-        tag_names=tags[order])
+        tag_names=vocabulary)
 
 
 _ARRAYS = ("indptr", "indices", "counts", "tag_indptr", "tag_indices",

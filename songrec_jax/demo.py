@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from songrec_jax import evaluation, pipeline
+from songrec_jax import evaluation, latent, pipeline
 from songrec_jax.config import DataConfig, preset
+from songrec_jax.training import History
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,7 @@ def run_demo(out: str | Path = "z_data/demo", *, data: list[str] | None = None,
     for run in (vae, mlp):
         target = out / f"history_{run.config.model.kind}"
         run_history = json.loads((run.directory / "history.json").read_text())
-        from songrec_jax.training import History
-
-        History.from_dict(run_history).plot(target, title=f"{run.name}: training")
+        History.from_dict(run_history).plot(target, title=f"{run.label}: training")
         files += [target.with_suffix(".png"), target.with_suffix(".pdf")]
     files += analysis.files
     z_dir = vae.z_dir(out)
@@ -158,8 +157,6 @@ def _sample_user(run: pipeline.Run, analysis: pipeline.Analysis) -> dict:
     """A test user with a dominant tag, and two other tags to steer toward."""
     test = pipeline.split_of(run, "test")
     data, tl = run.data, analysis.tag_latents
-    from songrec_jax import latent
-
     dominant = latent.dominant_tags_of_split(data, test, which="input")
     lengths = test.input_lengths()
     candidates = np.flatnonzero((dominant >= 0) & (lengths >= 5))

@@ -67,6 +67,13 @@ class Run:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def label(self) -> str:
+        """A short label for plot titles, e.g. "VAE 600-200, ce loss"."""
+        m = self.config.model
+        dims = "-".join(str(d) for d in m.dims)
+        return f"{m.kind.upper()} {dims}, {self.config.loss.name} loss"
+
     def z_dir(self, z_data: str | Path = DEFAULT_Z_DATA) -> Path:
         return Path(z_data) / self.name
 
@@ -94,7 +101,7 @@ def train(run: Run, *, resume: bool = False, progress: bool = True) -> Run:
                             resume=resume, progress=progress)
     result.history.save(run.directory / "history.json")
     result.history.plot(run.directory / "history.png",
-                        title=f"{run.name}: training history")
+                        title=f"{run.label}: training history")
     return dataclasses.replace(run, params=result.params, splits=result.splits)
 
 
@@ -173,7 +180,7 @@ def analyze(run: Run, *, z_data: str | Path = DEFAULT_Z_DATA, split: str = "trai
     latent.save_clusters(centres, assignment, out)
     clusters = latent.cluster_top_tags(assignment, dominant, run.data.tag_names,
                                        n_clusters=n_clusters)
-    title = f"{run.name}, {split} users"
+    title = f"{run.label}, {split} users"
     files = [out / "tag_latents.npz", out / "tag_latents.json"]
     plotting.plot_z_rand(tag_latents.means, tag_latents.stds, tag_latents.tag_names,
                          out / "z_rand.png", key=key, title=title)
@@ -209,7 +216,7 @@ def sweep(run: Run, tag_latents: latent.TagLatents, *,
         alphas=alphas, min_users=min_users, k=min(k, run.data.n_songs))
     out = run.z_dir(z_data)
     evaluation.save_steering(results, out / "steering.json")
-    title = f"{run.name}: steering toward each user's dominant tag"
+    title = f"{run.label}: steering toward each user's dominant tag"
     plotting.plot_steering(results, out / "steering.png",
                            metric=["tag_share", "ndcg"], title=title)
     return results
