@@ -41,22 +41,36 @@ def _manager(directory: Path, kind: str, *, read_only: bool = False):
         raise CheckpointError(f"checkpoint kind {kind!r} is not one of {list(KINDS)}")
     if read_only:
         options = ocp.CheckpointManagerOptions(
-            create=False, enable_async_checkpointing=False)
+            create=False, enable_async_checkpointing=False
+        )
     else:
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=1, enable_async_checkpointing=False,
-            cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(directory.resolve() / kind, options=options,
-                                 item_names=("params", "opt_state", "meta"))
+            max_to_keep=1,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
+        )
+    return ocp.CheckpointManager(
+        directory.resolve() / kind,
+        options=options,
+        item_names=("params", "opt_state", "meta"),
+    )
 
 
 def _to_numpy_tree(tree):
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def save(directory: str | Path, params: Any, config: Config, *,
-         opt_state: Any = None, history: dict | None = None, step: int = 0,
-         loop: dict | None = None, kind: str = "latest") -> Path:
+def save(
+    directory: str | Path,
+    params: Any,
+    config: Config,
+    *,
+    opt_state: Any = None,
+    history: dict | None = None,
+    step: int = 0,
+    loop: dict | None = None,
+    kind: str = "latest",
+) -> Path:
     """Saves a checkpoint, atomically.
 
     Args:
@@ -81,9 +95,14 @@ def save(directory: str | Path, params: Any, config: Config, *,
     items = {"params": ocp.args.StandardSave(params)}
     if opt_state is not None:
         items["opt_state"] = ocp.args.StandardSave(opt_state)
-    meta = {"format_version": FORMAT_VERSION, "config": config.to_dict(),
-            "history": history or {}, "loop": loop or {}, "step": int(step),
-            "has_opt_state": opt_state is not None}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "history": history or {},
+        "loop": loop or {},
+        "step": int(step),
+        "has_opt_state": opt_state is not None,
+    }
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with _manager(directory, kind) as manager:
@@ -91,8 +110,11 @@ def save(directory: str | Path, params: Any, config: Config, *,
             # its next save) is never overwritten in place: the new
             # checkpoint takes the next number and then replaces it.
             number = max(int(step), (manager.latest_step() or 0) + 1)
-            manager.save(number, force=True, args=ocp.args.Composite(
-                meta=ocp.args.JsonSave(meta), **items))
+            manager.save(
+                number,
+                force=True,
+                args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items),
+            )
             manager.wait_until_finished()
     except CheckpointError:
         raise
@@ -120,15 +142,18 @@ def load_meta(directory: str | Path, kind: str = "best") -> dict:
     """The JSON metadata of a checkpoint (config, history, loop position)."""
     with _open(directory, kind) as (manager, step):
         try:
-            out = manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))
+            out = manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
         except Exception as e:
             raise _damaged(directory, kind, e) from e
     meta = out["meta"]
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {str(Path(directory) / kind)!r} has format "
-                              f"version {meta.get('format_version')!r}; this library "
-                              f"reads version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"checkpoint {str(Path(directory) / kind)!r} has format "
+            f"version {meta.get('format_version')!r}; this library "
+            f"reads version {FORMAT_VERSION}"
+        )
     return meta
 
 
@@ -137,12 +162,14 @@ def load_config(directory: str | Path, kind: str = "best") -> Config:
     try:
         return Config.from_dict(load_meta(directory, kind)["config"])
     except ConfigError as e:
-        raise CheckpointError(f"checkpoint {str(directory)!r} holds an invalid "
-                              f"config: {e}") from e
+        raise CheckpointError(
+            f"checkpoint {str(directory)!r} holds an invalid config: {e}"
+        ) from e
 
 
-def load_params(directory: str | Path, *, kind: str = "best",
-                config: Config | None = None) -> tuple[Any, Config]:
+def load_params(
+    directory: str | Path, *, kind: str = "best", config: Config | None = None
+) -> tuple[Any, Config]:
     """Loads trained parameters and the config they were trained with.
 
     Args:
@@ -160,7 +187,8 @@ def load_params(directory: str | Path, *, kind: str = "best",
     if config is not None and config.model != stored.model:
         raise CheckpointError(
             f"checkpoint {str(directory)!r} was trained with model {stored.model}, "
-            f"which differs from the requested {config.model}")
+            f"which differs from the requested {config.model}"
+        )
     from songrec_jax import models  # local: models imports jax-heavy modules
 
     abstract = jax.eval_shape(lambda: models.init(stored, key=jax.random.key(0)))
@@ -168,8 +196,9 @@ def load_params(directory: str | Path, *, kind: str = "best",
     return state["params"], stored
 
 
-def restore_state(directory: str | Path, abstract_state: dict, *,
-                  kind: str = "latest") -> dict:
+def restore_state(
+    directory: str | Path, abstract_state: dict, *, kind: str = "latest"
+) -> dict:
     """Restores saved items into the structure of `abstract_state`.
 
     Args:
@@ -185,21 +214,31 @@ def restore_state(directory: str | Path, abstract_state: dict, *,
     """
     unknown = set(abstract_state) - {"params", "opt_state"}
     if unknown:
-        raise CheckpointError(f"cannot restore items {sorted(unknown)}; "
-                              "accepted: params, opt_state")
+        raise CheckpointError(
+            f"cannot restore items {sorted(unknown)}; accepted: params, opt_state"
+        )
     with _open(directory, kind) as (manager, step):
         try:
-            meta = manager.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))["meta"]
+            meta = manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )["meta"]
         except Exception as e:
             raise _damaged(directory, kind, e) from e
         if "opt_state" in abstract_state and not meta.get("has_opt_state"):
-            raise CheckpointError(f"checkpoint {str(Path(directory) / kind)!r} "
-                                  "holds no optimizer state to resume from")
+            raise CheckpointError(
+                f"checkpoint {str(Path(directory) / kind)!r} "
+                "holds no optimizer state to resume from"
+            )
         try:
-            out = manager.restore(step, args=ocp.args.Composite(**{
-                name: ocp.args.StandardRestore(tree)
-                for name, tree in abstract_state.items()}))
+            out = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        name: ocp.args.StandardRestore(tree)
+                        for name, tree in abstract_state.items()
+                    }
+                ),
+            )
         except Exception as e:
             raise _damaged(directory, kind, e) from e
     return {name: out[name] for name in abstract_state}
@@ -213,9 +252,11 @@ class _open:
     def __enter__(self):
         path = self.directory / self.kind
         if not path.is_dir():
-            raise CheckpointError(f"no {self.kind} checkpoint in "
-                                  f"{str(self.directory)!r} (expected a folder "
-                                  f"{str(path)!r}; train first)")
+            raise CheckpointError(
+                f"no {self.kind} checkpoint in "
+                f"{str(self.directory)!r} (expected a folder "
+                f"{str(path)!r}; train first)"
+            )
         try:
             self.manager = _manager(self.directory, self.kind, read_only=True)
             step = self.manager.latest_step()
@@ -223,8 +264,10 @@ class _open:
             raise _damaged(self.directory, self.kind, e) from e
         if step is None:
             self.manager.close()
-            raise CheckpointError(f"the {self.kind} folder of {str(self.directory)!r} "
-                                  "holds no complete checkpoint")
+            raise CheckpointError(
+                f"the {self.kind} folder of {str(self.directory)!r} "
+                "holds no complete checkpoint"
+            )
         return self.manager, step
 
     def __exit__(self, *exc):
@@ -233,5 +276,7 @@ class _open:
 
 
 def _damaged(directory, kind, error) -> CheckpointError:
-    return CheckpointError(f"the {kind} checkpoint in {str(directory)!r} is damaged "
-                           f"or unreadable: {type(error).__name__}: {error}")
+    return CheckpointError(
+        f"the {kind} checkpoint in {str(directory)!r} is damaged "
+        f"or unreadable: {type(error).__name__}: {error}"
+    )

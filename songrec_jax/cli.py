@@ -31,8 +31,11 @@ log = logging.getLogger("songrec_jax")
 def _config(args) -> Config:
     """The config named by --config (a file or a preset), with --data applied."""
     spec = args.config
-    config = load_config(spec) if spec.endswith(".toml") or Path(spec).exists() \
+    config = (
+        load_config(spec)
+        if spec.endswith(".toml") or Path(spec).exists()
         else preset(spec)
+    )
     if args.data:
         from songrec_jax.config import DataConfig
 
@@ -44,8 +47,9 @@ def _config(args) -> Config:
             fields = {**dataclasses.asdict(config.data), **fields}
         config = config.replace(data=DataConfig(**fields))
     if getattr(args, "epochs", None):
-        config = config.replace(train=dataclasses.replace(config.train,
-                                                          epochs=args.epochs))
+        config = config.replace(
+            train=dataclasses.replace(config.train, epochs=args.epochs)
+        )
     return config
 
 
@@ -70,16 +74,22 @@ def _emit(args, payload: dict, text: str) -> None:
 def _table(rows: list[list], header: list[str]) -> str:
     cells = [header] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def _songs_table(rows: list[dict]) -> str:
-    return _table([[r["rank"], r["name"], f"{r['score']:.4g}",
-                    ", ".join(r["tags"][:4])] for r in rows],
-                  ["#", "song", "score", "tags"])
+    return _table(
+        [
+            [r["rank"], r["name"], f"{r['score']:.4g}", ", ".join(r["tags"][:4])]
+            for r in rows
+        ],
+        ["#", "song", "score", "tags"],
+    )
 
 
 # Subcommands --------------------------------------------------------------
@@ -90,10 +100,14 @@ def cmd_data(args) -> None:
 
     summary = pipeline.load_data(_config(args).data).summary()
     text = "\n".join(
-        [f"{k:>22}: {v:.5f}" if isinstance(v, float) else f"{k:>22}: {v}"
-         for k, v in summary.items() if k != "top_tags"]
+        [
+            f"{k:>22}: {v:.5f}" if isinstance(v, float) else f"{k:>22}: {v}"
+            for k, v in summary.items()
+            if k != "top_tags"
+        ]
         + ["\ntop tags (songs):"]
-        + [f"  {name:<20} {n}" for name, n in summary["top_tags"]])
+        + [f"  {name:<20} {n}" for name, n in summary["top_tags"]]
+    )
     _emit(args, summary, text)
 
 
@@ -103,35 +117,57 @@ def cmd_train(args) -> None:
     if args.distributed:
         from songrec_jax import sharding
 
-        sharding.initialize_distributed(args.coordinator, args.num_processes,
-                                        args.process_id)
+        sharding.initialize_distributed(
+            args.coordinator, args.num_processes, args.process_id
+        )
     run = pipeline.prepare(_config(args), checkpoints=args.checkpoints)
     run = pipeline.train(run, resume=args.resume, progress=not args.json)
     history = json.loads((run.directory / "history.json").read_text())
     records = [r for group in history["runs"] for r in group]
     last = records[-1] if records else {}
-    payload = {"run": run.name, "directory": str(run.directory),
-               "epochs": len(records), "history": history,
-               "val": last.get("val", {})}
-    rows = [[r["epoch"], f"{r['lr']:.2g}", f"{r['train']['total']:.4f}",
-             f"{r['val']['total']:.4f}", f"{r['val'].get('ndcg', float('nan')):.4f}",
-             r["patience"], "*" if r["improved"] else ""] for r in records]
-    text = _table(rows, ["epoch", "lr", "train loss", "val loss", "val NDCG@100",
-                         "patience", "best"])
-    _emit(args, payload, f"{text}\n\ncheckpoints: {run.directory}\n"
-                         f"history plot: {run.directory / 'history.png'}")
+    payload = {
+        "run": run.name,
+        "directory": str(run.directory),
+        "epochs": len(records),
+        "history": history,
+        "val": last.get("val", {}),
+    }
+    rows = [
+        [
+            r["epoch"],
+            f"{r['lr']:.2g}",
+            f"{r['train']['total']:.4f}",
+            f"{r['val']['total']:.4f}",
+            f"{r['val'].get('ndcg', float('nan')):.4f}",
+            r["patience"],
+            "*" if r["improved"] else "",
+        ]
+        for r in records
+    ]
+    text = _table(
+        rows,
+        ["epoch", "lr", "train loss", "val loss", "val NDCG@100", "patience", "best"],
+    )
+    _emit(
+        args,
+        payload,
+        f"{text}\n\ncheckpoints: {run.directory}\n"
+        f"history plot: {run.directory / 'history.png'}",
+    )
 
 
 def cmd_evaluate(args) -> None:
     from songrec_jax import pipeline
 
     run = _run(args)
-    protocols = ("input_target", "strong") if args.protocol == "both" \
-        else (args.protocol,)
+    protocols = (
+        ("input_target", "strong") if args.protocol == "both" else (args.protocol,)
+    )
     tables = pipeline.evaluate(run, protocols=protocols, ease=not args.no_ease)
     payload = {"run": run.name, **{p: t.to_dict() for p, t in tables.items()}}
-    text = "\n\n".join(f"{p} protocol, {t.n_users} test users\n{t.format()}"
-                       for p, t in tables.items())
+    text = "\n\n".join(
+        f"{p} protocol, {t.n_users} test users\n{t.format()}" for p, t in tables.items()
+    )
     _emit(args, payload, text)
 
 
@@ -143,18 +179,36 @@ def cmd_recommend(args) -> None:
     tag_latents = None
     if tags and args.method != "postfilter":
         tag_latents = latent.load_tag_latents(run.z_dir(args.z_data))
-    steering = dict(tags=tags, alpha=args.alpha, method=args.method,
-                    data=run.data, tag_latents=tag_latents)
+    steering = dict(
+        tags=tags,
+        alpha=args.alpha,
+        method=args.method,
+        data=run.data,
+        tag_latents=tag_latents,
+    )
     if args.users_file:
-        users = [line.strip() for line in Path(args.users_file).read_text().split()
-                 if line.strip()]
+        users = [
+            line.strip()
+            for line in Path(args.users_file).read_text().split()
+            if line.strip()
+        ]
         rows = [pipeline.user_index(run.data, u) for u in users]
         out = Path(args.out)
         written = sharding.stream_recommend(
-            run.params, run.config, run.data, rows, out, k=args.k,
-            chunk_size=args.chunk_size, **steering)
-        _emit(args, {"users": len(rows), "files": [str(p) for p in written]},
-              f"recommended {args.k} songs for {len(rows)} users into {out}")
+            run.params,
+            run.config,
+            run.data,
+            rows,
+            out,
+            k=args.k,
+            chunk_size=args.chunk_size,
+            **steering,
+        )
+        _emit(
+            args,
+            {"users": len(rows), "files": [str(p) for p in written]},
+            f"recommended {args.k} songs for {len(rows)} users into {out}",
+        )
         return
     if args.history:
         songs = pipeline.song_indexes(run.data, args.history.split(","))
@@ -163,36 +217,63 @@ def cmd_recommend(args) -> None:
         songs = run.data.user_songs(pipeline.user_index(run.data, args.user))
         who = f"user {args.user}"
     else:
-        raise InputError("name whom to recommend for: --user ID, --history "
-                         "SONG,SONG,... or --users-file FILE")
-    rows = pipeline.recommend_history(run, songs, k=args.k, **{
-        k: v for k, v in steering.items() if k != "data"})
-    steered = f", steered toward {tags} (alpha={args.alpha}, {args.method})" \
-        if tags else ""
-    _emit(args, {"for": who, "tags": tags, "alpha": args.alpha,
-                 "method": args.method, "songs": rows},
-          f"top {args.k} for {who}{steered}\n{_songs_table(rows)}")
+        raise InputError(
+            "name whom to recommend for: --user ID, --history "
+            "SONG,SONG,... or --users-file FILE"
+        )
+    rows = pipeline.recommend_history(
+        run, songs, k=args.k, **{k: v for k, v in steering.items() if k != "data"}
+    )
+    steered = (
+        f", steered toward {tags} (alpha={args.alpha}, {args.method})" if tags else ""
+    )
+    _emit(
+        args,
+        {
+            "for": who,
+            "tags": tags,
+            "alpha": args.alpha,
+            "method": args.method,
+            "songs": rows,
+        },
+        f"top {args.k} for {who}{steered}\n{_songs_table(rows)}",
+    )
 
 
 def cmd_analyze(args) -> None:
     from songrec_jax import pipeline
 
     run = _run(args)
-    analysis = pipeline.analyze(run, z_data=args.z_data, split=args.split,
-                                which=args.which, n_clusters=args.clusters,
-                                method=args.method, progress=not args.json)
+    analysis = pipeline.analyze(
+        run,
+        z_data=args.z_data,
+        split=args.split,
+        which=args.which,
+        n_clusters=args.clusters,
+        method=args.method,
+        progress=not args.json,
+    )
     tl = analysis.tag_latents
     order = sorted(range(len(tl.tag_names)), key=lambda t: -int(tl.counts[t]))
     rows = [[tl.tag_names[t], int(tl.counts[t])] for t in order[:15]]
-    clusters = [[i, ", ".join(f"{t} {share:.0%}" for t, _, share in top[:3])]
-                for i, top in enumerate(analysis.clusters)]
-    payload = {"run": run.name, "users_without_tags": int(tl.skipped_users),
-               "tag_users": {str(tl.tag_names[t]): int(tl.counts[t]) for t in order},
-               "clusters": analysis.clusters,
-               "files": [str(f) for f in analysis.files]}
-    text = (_table(rows, ["tag", "users"]) + f"\n(users without tags: "
-            f"{tl.skipped_users})\n\n" + _table(clusters, ["cluster", "top tags"])
-            + "\n\nwritten:\n" + "\n".join(f"  {f}" for f in analysis.files))
+    clusters = [
+        [i, ", ".join(f"{t} {share:.0%}" for t, _, share in top[:3])]
+        for i, top in enumerate(analysis.clusters)
+    ]
+    payload = {
+        "run": run.name,
+        "users_without_tags": int(tl.skipped_users),
+        "tag_users": {str(tl.tag_names[t]): int(tl.counts[t]) for t in order},
+        "clusters": analysis.clusters,
+        "files": [str(f) for f in analysis.files],
+    }
+    text = (
+        _table(rows, ["tag", "users"]) + f"\n(users without tags: "
+        f"{tl.skipped_users})\n\n"
+        + _table(clusters, ["cluster", "top tags"])
+        + "\n\nwritten:\n"
+        + "\n".join(f"  {f}" for f in analysis.files)
+    )
     _emit(args, payload, text)
 
 
@@ -201,23 +282,43 @@ def cmd_sweep(args) -> None:
 
     run = _run(args)
     z_dir = run.z_dir(args.z_data)
-    tag_latents = latent.load_tag_latents(z_dir) if (z_dir / "tag_latents.npz") \
-        .exists() else pipeline.analyze(run, z_data=args.z_data).tag_latents
+    tag_latents = (
+        latent.load_tag_latents(z_dir)
+        if (z_dir / "tag_latents.npz").exists()
+        else pipeline.analyze(run, z_data=args.z_data).tag_latents
+    )
     alphas = tuple(float(a) for a in args.alphas.split(","))
-    results = pipeline.sweep(run, tag_latents, z_data=args.z_data, alphas=alphas,
-                             min_users=args.min_users, k=args.k)
+    results = pipeline.sweep(
+        run,
+        tag_latents,
+        z_data=args.z_data,
+        alphas=alphas,
+        min_users=args.min_users,
+        k=args.k,
+    )
     headline = evaluation.steering_headline(results)
-    _emit(args, {"run": run.name, "headline": headline,
-                 "files": [str(z_dir / "steering.json"), str(z_dir / "steering.png")]},
-          evaluation.format_headline(headline)
-          + f"\n\nwritten: {z_dir / 'steering.json'}, {z_dir / 'steering.png'}")
+    _emit(
+        args,
+        {
+            "run": run.name,
+            "headline": headline,
+            "files": [str(z_dir / "steering.json"), str(z_dir / "steering.png")],
+        },
+        evaluation.format_headline(headline)
+        + f"\n\nwritten: {z_dir / 'steering.json'}, {z_dir / 'steering.png'}",
+    )
 
 
 def cmd_demo(args) -> None:
     from songrec_jax import demo
 
-    report = demo.run_demo(out=Path(args.out), data=args.data, quick=args.quick,
-                           progress=not args.json, checkpoints=args.checkpoints)
+    report = demo.run_demo(
+        out=Path(args.out),
+        data=args.data,
+        quick=args.quick,
+        progress=not args.json,
+        checkpoints=args.checkpoints,
+    )
     _emit(args, report.to_dict(), report.format())
 
 
@@ -226,74 +327,117 @@ def cmd_demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="songrec", description="Autoencoder music recommendation with tag "
-        "steering (songrec_jax).")
-    parser.add_argument("--debug", action="store_true",
-                        help="show tracebacks and debug logging")
+        prog="songrec",
+        description="Autoencoder music recommendation with tag steering (songrec_jax).",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and debug logging"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true",
-                        help="print one JSON object instead of tables")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS)
+    common.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables"
+    )
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--data", nargs="+", metavar=("SOURCE", "PATH"),
-                      help="data source (synthetic, lastfm-hetrec, msd, movielens, "
-                      "tsv, npz) and its path; default: the config's")
-    data.add_argument("--config", default="demo",
-                      help="config file (configs/NAME.toml) or preset name "
-                      "(default: demo)")
+    data.add_argument(
+        "--data",
+        nargs="+",
+        metavar=("SOURCE", "PATH"),
+        help="data source (synthetic, lastfm-hetrec, msd, movielens, "
+        "tsv, npz) and its path; default: the config's",
+    )
+    data.add_argument(
+        "--config",
+        default="demo",
+        help="config file (configs/NAME.toml) or preset name (default: demo)",
+    )
     run = argparse.ArgumentParser(add_help=False, parents=[data])
-    run.add_argument("--checkpoints", default="checkpoints",
-                     help="parent folder of the runs' checkpoints")
+    run.add_argument(
+        "--checkpoints",
+        default="checkpoints",
+        help="parent folder of the runs' checkpoints",
+    )
     run.add_argument("--run", help="a run's checkpoint folder (overrides --config)")
-    run.add_argument("--z-data", default="z_data",
-                     help="parent folder of latent statistics and plots")
+    run.add_argument(
+        "--z-data",
+        default="z_data",
+        help="parent folder of latent statistics and plots",
+    )
 
     p = sub.add_parser("data", parents=[common, data], help="summarise a data source")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", parents=[common, run], help="train a model")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint"
+    )
     p.add_argument("--epochs", type=int, help="override train.epochs")
-    p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() (multi-host)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() (multi-host)",
+    )
     p.add_argument("--coordinator", help="coordinator address host:port")
     p.add_argument("--num-processes", type=int, help="number of processes")
     p.add_argument("--process-id", type=int, help="this process's id")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", parents=[common, run],
-                       help="test metrics against popularity and EASE")
-    p.add_argument("--protocol", default="both",
-                   choices=("both", "input_target", "strong"))
+    p = sub.add_parser(
+        "evaluate",
+        parents=[common, run],
+        help="test metrics against popularity and EASE",
+    )
+    p.add_argument(
+        "--protocol", default="both", choices=("both", "input_target", "strong")
+    )
     p.add_argument("--no-ease", action="store_true", help="skip the EASE baseline")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("recommend", parents=[common, run], help="top songs")
     p.add_argument("--user", help="a user id (or row) of the data")
     p.add_argument("--history", help="comma-separated song ids (or indexes)")
-    p.add_argument("--users-file", help="file of user ids; results are streamed "
-                   "to --out")
-    p.add_argument("--out", default="recommendations",
-                   help="output folder for --users-file")
-    p.add_argument("--chunk-size", type=int, default=4096,
-                   help="users per chunk for --users-file")
+    p.add_argument(
+        "--users-file", help="file of user ids; results are streamed to --out"
+    )
+    p.add_argument(
+        "--out", default="recommendations", help="output folder for --users-file"
+    )
+    p.add_argument(
+        "--chunk-size", type=int, default=4096, help="users per chunk for --users-file"
+    )
     p.add_argument("--k", type=int, default=10, help="songs to recommend")
-    p.add_argument("--tag", action="append", default=[], metavar="NAME[=WEIGHT]",
-                   help="steer toward a tag (repeatable)")
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="NAME[=WEIGHT]",
+        help="steer toward a tag (repeatable)",
+    )
     p.add_argument("--alpha", type=float, default=1.0, help="steering strength")
-    p.add_argument("--method", default="postfilter",
-                   choices=("postfilter", "latent", "both"))
+    p.add_argument(
+        "--method", default="postfilter", choices=("postfilter", "latent", "both")
+    )
     p.set_defaults(func=cmd_recommend)
 
-    p = sub.add_parser("analyze", parents=[common, run],
-                       help="latent means per tag, clusters and plots")
+    p = sub.add_parser(
+        "analyze",
+        parents=[common, run],
+        help="latent means per tag, clusters and plots",
+    )
     p.add_argument("--split", default="train", choices=("train", "val", "test"))
-    p.add_argument("--which", default="input", choices=("input", "target"),
-                   help="dominant tag from the input or the target songs")
+    p.add_argument(
+        "--which",
+        default="input",
+        choices=("input", "target"),
+        help="dominant tag from the input or the target songs",
+    )
     p.add_argument("--clusters", type=int, default=8)
     p.add_argument("--method", default="pca", choices=("pca", "tsne"))
     p.set_defaults(func=cmd_analyze)
@@ -304,14 +448,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=100)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("demo", parents=[common],
-                       help="the whole method on synthetic (or given) data")
-    p.add_argument("--data", nargs="+", metavar=("SOURCE", "PATH"),
-                   help="run on another source, e.g. lastfm-hetrec DIR")
+    p = sub.add_parser(
+        "demo", parents=[common], help="the whole method on synthetic (or given) data"
+    )
+    p.add_argument(
+        "--data",
+        nargs="+",
+        metavar=("SOURCE", "PATH"),
+        help="run on another source, e.g. lastfm-hetrec DIR",
+    )
     p.add_argument("--out", default="z_data/demo", help="output folder")
     p.add_argument("--checkpoints", default="checkpoints/demo")
-    p.add_argument("--quick", action="store_true",
-                   help="fewer epochs and a smaller grid (a smoke run)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer epochs and a smaller grid (a smoke run)",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -320,8 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
     for noisy in ("absl", "jax", "orbax", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING if debug else logging.ERROR)
     if getattr(args, "json", False):

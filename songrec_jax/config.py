@@ -81,18 +81,28 @@ class ModelConfig:
         object.__setattr__(self, "dims", tuple(self.dims))
         _check_choice("model.kind", self.kind, MODEL_KINDS)
         _check_choice("model.pooling", self.pooling, POOLINGS)
-        _check(isinstance(self.n_songs, int) and self.n_songs >= 2,
-               f"model.n_songs={self.n_songs!r} must be an integer >= 2")
-        _check(isinstance(self.input_len, int) and self.input_len >= 1,
-               f"model.input_len={self.input_len!r} must be an integer >= 1")
+        _check(
+            isinstance(self.n_songs, int) and self.n_songs >= 2,
+            f"model.n_songs={self.n_songs!r} must be an integer >= 2",
+        )
+        _check(
+            isinstance(self.input_len, int) and self.input_len >= 1,
+            f"model.input_len={self.input_len!r} must be an integer >= 1",
+        )
         _check(len(self.dims) >= 1, "model.dims=() must list at least one size")
         for d in self.dims:
-            _check(isinstance(d, int) and d >= 1,
-                   f"model.dims={self.dims!r}: every size must be an integer >= 1")
-        _check(0.0 <= self.input_dropout < 1.0,
-               f"model.input_dropout={self.input_dropout!r} must be in [0, 1)")
-        _check(isinstance(self.song_multiple, int) and self.song_multiple >= 1,
-               f"model.song_multiple={self.song_multiple!r} must be an integer >= 1")
+            _check(
+                isinstance(d, int) and d >= 1,
+                f"model.dims={self.dims!r}: every size must be an integer >= 1",
+            )
+        _check(
+            0.0 <= self.input_dropout < 1.0,
+            f"model.input_dropout={self.input_dropout!r} must be in [0, 1)",
+        )
+        _check(
+            isinstance(self.song_multiple, int) and self.song_multiple >= 1,
+            f"model.song_multiple={self.song_multiple!r} must be an integer >= 1",
+        )
 
     @property
     def latent_dim(self) -> int:
@@ -132,13 +142,18 @@ class LossConfig:
     def __post_init__(self):
         _check_choice("loss.name", self.name, LOSSES)
         _check_positive("loss.beta", self.beta, allow_zero=True)
-        _check(isinstance(self.beta_start_epoch, int) and self.beta_start_epoch >= 0,
-               f"loss.beta_start_epoch={self.beta_start_epoch!r} must be an "
-               "integer >= 0")
-        _check(isinstance(self.anneal_steps, int) and self.anneal_steps >= 0,
-               f"loss.anneal_steps={self.anneal_steps!r} must be an integer >= 0")
-        _check(0.0 <= self.focal_alpha <= 1.0,
-               f"loss.focal_alpha={self.focal_alpha!r} must be in [0, 1]")
+        _check(
+            isinstance(self.beta_start_epoch, int) and self.beta_start_epoch >= 0,
+            f"loss.beta_start_epoch={self.beta_start_epoch!r} must be an integer >= 0",
+        )
+        _check(
+            isinstance(self.anneal_steps, int) and self.anneal_steps >= 0,
+            f"loss.anneal_steps={self.anneal_steps!r} must be an integer >= 0",
+        )
+        _check(
+            0.0 <= self.focal_alpha <= 1.0,
+            f"loss.focal_alpha={self.focal_alpha!r} must be in [0, 1]",
+        )
         _check_positive("loss.focal_gamma", self.focal_gamma, allow_zero=True)
 
 
@@ -180,20 +195,28 @@ class TrainConfig:
         _check_positive("train.learning_rate", self.learning_rate)
         for field in ("batch_size", "epochs", "eval_every"):
             value = getattr(self, field)
-            _check(isinstance(value, int) and value >= 1,
-                   f"train.{field}={value!r} must be an integer >= 1")
+            _check(
+                isinstance(value, int) and value >= 1,
+                f"train.{field}={value!r} must be an integer >= 1",
+            )
         for field in ("patience", "restarts", "seed"):
             value = getattr(self, field)
-            _check(isinstance(value, int) and value >= 0,
-                   f"train.{field}={value!r} must be an integer >= 0")
-        _check(0.0 < self.lr_factor <= 1.0,
-               f"train.lr_factor={self.lr_factor!r} must be in (0, 1]")
+            _check(
+                isinstance(value, int) and value >= 0,
+                f"train.{field}={value!r} must be an integer >= 0",
+            )
+        _check(
+            0.0 < self.lr_factor <= 1.0,
+            f"train.lr_factor={self.lr_factor!r} must be in (0, 1]",
+        )
         for field in ("val_fraction", "test_fraction"):
             value = getattr(self, field)
             _check(0.0 <= value < 1.0, f"train.{field}={value!r} must be in [0, 1)")
-        _check(self.val_fraction + self.test_fraction < 1.0,
-               "train.val_fraction + train.test_fraction must be < 1, got "
-               f"{self.val_fraction} + {self.test_fraction}")
+        _check(
+            self.val_fraction + self.test_fraction < 1.0,
+            "train.val_fraction + train.test_fraction must be < 1, got "
+            f"{self.val_fraction} + {self.test_fraction}",
+        )
         _check_choice("train.select_by", self.select_by, SELECT_BY)
         _check_choice("train.target", self.target, TARGETS)
 
@@ -225,16 +248,22 @@ class DataConfig:
 
     def __post_init__(self):
         _check_choice("data.source", self.source, DATA_SOURCES)
-        _check(self.source == "synthetic" or bool(self.path),
-               f"data.path is required for data.source={self.source!r}")
+        _check(
+            self.source == "synthetic" or bool(self.path),
+            f"data.path is required for data.source={self.source!r}",
+        )
         for field in ("n_users", "n_songs", "n_tags"):
             value = getattr(self, field)
-            _check(isinstance(value, int) and value >= 1,
-                   f"data.{field}={value!r} must be an integer >= 1")
+            _check(
+                isinstance(value, int) and value >= 1,
+                f"data.{field}={value!r} must be an integer >= 1",
+            )
         for field in ("min_user_listens", "min_song_listens", "top_tags"):
             value = getattr(self, field)
-            _check(isinstance(value, int) and value >= 0,
-                   f"data.{field}={value!r} must be an integer >= 0")
+            _check(
+                isinstance(value, int) and value >= 0,
+                f"data.{field}={value!r} must be an integer >= 0",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,8 +294,13 @@ class Config:
         """
         dims = "-".join(str(d) for d in self.model.dims)
         parts = [self.model.kind, dims, self.loss.name]
-        skip = {("model", "kind"), ("model", "dims"), ("loss", "name"),
-                ("model", "n_songs"), ("data", "path")}
+        skip = {
+            ("model", "kind"),
+            ("model", "dims"),
+            ("loss", "name"),
+            ("model", "n_songs"),
+            ("data", "path"),
+        }
         for section in ("model", "loss", "train", "data"):
             value = getattr(self, section)
             default = type(value)()
@@ -282,8 +316,9 @@ class Config:
         out = {}
         for section in ("model", "loss", "train", "data"):
             d = dataclasses.asdict(getattr(self, section))
-            out[section] = {k: list(v) if isinstance(v, tuple) else v
-                            for k, v in d.items()}
+            out[section] = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in d.items()
+            }
         return out
 
     @classmethod
@@ -291,20 +326,27 @@ class Config:
         """Builds a config from nested dicts; unknown keys raise ConfigError."""
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a table of sections, got {d!r}")
-        sections = {"model": ModelConfig, "loss": LossConfig,
-                    "train": TrainConfig, "data": DataConfig}
+        sections = {
+            "model": ModelConfig,
+            "loss": LossConfig,
+            "train": TrainConfig,
+            "data": DataConfig,
+        }
         unknown = set(d) - set(sections)
         if unknown:
-            raise ConfigError(f"unknown config sections {sorted(unknown)}; "
-                              f"accepted: {list(sections)}")
+            raise ConfigError(
+                f"unknown config sections {sorted(unknown)}; accepted: {list(sections)}"
+            )
         kwargs = {}
         for section, klass in sections.items():
             values = dict(d.get(section, {}))
             names = {f.name for f in dataclasses.fields(klass)}
             bad = set(values) - names
             if bad:
-                raise ConfigError(f"unknown fields {sorted(bad)} in [{section}]; "
-                                  f"accepted: {sorted(names)}")
+                raise ConfigError(
+                    f"unknown fields {sorted(bad)} in [{section}]; "
+                    f"accepted: {sorted(names)}"
+                )
             if "dims" in values:
                 values["dims"] = tuple(values["dims"])
             try:

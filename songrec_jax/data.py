@@ -66,15 +66,21 @@ class ListeningData:
             problems.append("indptr must be non-decreasing and end at len(indices)")
         if len(self.counts) != len(self.indices):
             problems.append("counts and indices differ in length")
-        if len(self.indices) and (self.indices.min() < 0
-                                  or self.indices.max() >= n_songs):
+        if len(self.indices) and (
+            self.indices.min() < 0 or self.indices.max() >= n_songs
+        ):
             problems.append(f"song indices must lie in [0, {n_songs})")
-        if self.tag_indptr.shape != (n_songs + 1,) or self.tag_indptr[0] != 0 or (
-                self.tag_indptr[-1] != len(self.tag_indices)):
-            problems.append("tag_indptr must have n_songs + 1 entries from 0 to "
-                            "len(tag_indices)")
-        if len(self.tag_indices) and (self.tag_indices.min() < 0
-                                      or self.tag_indices.max() >= len(self.tag_names)):
+        if (
+            self.tag_indptr.shape != (n_songs + 1,)
+            or self.tag_indptr[0] != 0
+            or (self.tag_indptr[-1] != len(self.tag_indices))
+        ):
+            problems.append(
+                "tag_indptr must have n_songs + 1 entries from 0 to len(tag_indices)"
+            )
+        if len(self.tag_indices) and (
+            self.tag_indices.min() < 0 or self.tag_indices.max() >= len(self.tag_names)
+        ):
             problems.append(f"tag indices must lie in [0, {len(self.tag_names)})")
         if len(self.song_names) != n_songs:
             problems.append("song_names and song_ids differ in length")
@@ -105,11 +111,11 @@ class ListeningData:
 
     def user_songs(self, user: int) -> np.ndarray:
         """Song indices of one user's history, sorted."""
-        return self.indices[self.indptr[user]:self.indptr[user + 1]]
+        return self.indices[self.indptr[user] : self.indptr[user + 1]]
 
     def song_tags(self, song: int) -> np.ndarray:
         """Tag indices of one song, sorted."""
-        return self.tag_indices[self.tag_indptr[song]:self.tag_indptr[song + 1]]
+        return self.tag_indices[self.tag_indptr[song] : self.tag_indptr[song + 1]]
 
     def tag_index(self, name: str) -> int:
         """The index of a tag by name; raises UnknownTagError if absent."""
@@ -117,8 +123,10 @@ class ListeningData:
         if name not in lookup:
             close = [t for t in lookup if name.lower() in t.lower()][:5]
             hint = f"; similar: {close}" if close else ""
-            raise UnknownTagError(f"unknown tag {name!r}; the data has {self.n_tags} "
-                                  f"tags, e.g. {list(self.tag_names[:5])}{hint}")
+            raise UnknownTagError(
+                f"unknown tag {name!r}; the data has {self.n_tags} "
+                f"tags, e.g. {list(self.tag_names[:5])}{hint}"
+            )
         return lookup[name]
 
     def _tag_lookup(self) -> dict[str, int]:
@@ -148,12 +156,18 @@ class ListeningData:
         users = np.asarray(users, dtype=np.int64)
         starts, ends = self.indptr[users], self.indptr[users + 1]
         lengths = ends - starts
-        take = (np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
-                if len(users) else np.zeros(0, np.int64))
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        take = np.arange(lengths.sum(), dtype=np.int64) + np.repeat(
+            starts - offsets, lengths
+        )
         indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        return dataclasses.replace(self, indptr=indptr, indices=self.indices[take],
-                                   counts=self.counts[take],
-                                   user_ids=self.user_ids[users])
+        return dataclasses.replace(
+            self,
+            indptr=indptr,
+            indices=self.indices[take],
+            counts=self.counts[take],
+            user_ids=self.user_ids[users],
+        )
 
     def summary(self, top: int = 10) -> dict:
         """Sizes, density and the most used tags, as plain Python values.
@@ -173,13 +187,17 @@ class ListeningData:
             "density": self.n_listens / max(1, self.n_users * self.n_songs),
             "songs_per_user_median": float(np.median(lengths)) if len(lengths) else 0.0,
             "tagged_songs": int(np.count_nonzero(np.diff(self.tag_indptr))),
-            "top_tags": [[str(self.tag_names[t]), int(tag_songs[t])] for t in order
-                         if tag_songs[t] > 0],
+            "top_tags": [
+                [str(self.tag_names[t]), int(tag_songs[t])]
+                for t in order
+                if tag_songs[t] > 0
+            ],
         }
 
 
-def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int,
-         values: np.ndarray | None = None):
+def _csr(
+    rows: np.ndarray, cols: np.ndarray, n_rows: int, values: np.ndarray | None = None
+):
     """Sorted, de-duplicated CSR from (row, col[, value]); duplicates are summed."""
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)
@@ -199,10 +217,17 @@ def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int,
 
 
 def from_pairs(
-    user_ids: Iterable, song_ids: Iterable, counts: Iterable | None = None,
-    *, tag_song_ids: Iterable = (), tag_names: Iterable = (),
-    song_names: dict | None = None, min_user_listens: int = 1,
-    min_song_listens: int = 1, top_tags: int = 0, keep_tags: Iterable = (),
+    user_ids: Iterable,
+    song_ids: Iterable,
+    counts: Iterable | None = None,
+    *,
+    tag_song_ids: Iterable = (),
+    tag_names: Iterable = (),
+    song_names: dict | None = None,
+    min_user_listens: int = 1,
+    min_song_listens: int = 1,
+    top_tags: int = 0,
+    keep_tags: Iterable = (),
 ) -> ListeningData:
     """Builds `ListeningData` from (user, song, count) and (song, tag) pairs.
 
@@ -228,22 +253,31 @@ def from_pairs(
     Returns:
       The data, with users and songs renumbered from 0.
     """
-    user_ids = np.asarray(list(user_ids) if not isinstance(user_ids, np.ndarray)
-                          else user_ids)
-    song_ids = np.asarray(list(song_ids) if not isinstance(song_ids, np.ndarray)
-                          else song_ids)
+    user_ids = np.asarray(
+        list(user_ids) if not isinstance(user_ids, np.ndarray) else user_ids
+    )
+    song_ids = np.asarray(
+        list(song_ids) if not isinstance(song_ids, np.ndarray) else song_ids
+    )
     if len(user_ids) != len(song_ids):
         raise InputError(f"{len(user_ids)} user ids but {len(song_ids)} song ids")
-    counts = (np.ones(len(user_ids)) if counts is None
-              else np.asarray(list(counts) if not isinstance(counts, np.ndarray)
-                              else counts, dtype=np.float64))
+    counts = (
+        np.ones(len(user_ids))
+        if counts is None
+        else np.asarray(
+            list(counts) if not isinstance(counts, np.ndarray) else counts,
+            dtype=np.float64,
+        )
+    )
     if len(counts) != len(user_ids):
         raise InputError(f"{len(counts)} counts for {len(user_ids)} listens")
     bad = ~np.isfinite(counts) | (counts <= 0)
     if bad.any():
-        raise InputError(f"play counts must be finite and > 0, got "
-                         f"{counts[bad][:3].tolist()} at listens "
-                         f"{np.flatnonzero(bad)[:3].tolist()}")
+        raise InputError(
+            f"play counts must be finite and > 0, got "
+            f"{counts[bad][:3].tolist()} at listens "
+            f"{np.flatnonzero(bad)[:3].tolist()}"
+        )
     if len(user_ids) == 0:
         raise InputError("no listens given: the data would be empty")
 
@@ -264,27 +298,33 @@ def from_pairs(
     rows = np.repeat(np.arange(len(users)), np.diff(indptr))
     keep_song = np.bincount(indices, minlength=len(songs)) >= min_song_listens
     keep_user = np.bincount(rows[keep_song[indices]], minlength=len(users)) >= max(
-        1, min_user_listens)
+        1, min_user_listens
+    )
     keep = keep_song[indices] & keep_user[rows]
     song_map = np.full(len(songs), -1)
     kept_songs = np.flatnonzero(np.bincount(indices[keep], minlength=len(songs)))
     song_map[kept_songs] = np.arange(len(kept_songs))
     user_map = np.full(len(users), -1)
-    kept_users = np.flatnonzero(keep_user & (np.bincount(rows[keep],
-                                                         minlength=len(users)) > 0))
+    kept_users = np.flatnonzero(
+        keep_user & (np.bincount(rows[keep], minlength=len(users)) > 0)
+    )
     user_map[kept_users] = np.arange(len(kept_users))
     if len(kept_users) == 0:
-        raise InputError(f"no user is left after filtering (min_user_listens="
-                         f"{min_user_listens}, min_song_listens={min_song_listens})")
-    indptr, indices, summed = _csr(user_map[rows[keep]], song_map[indices[keep]],
-                                   len(kept_users), summed[keep])
+        raise InputError(
+            f"no user is left after filtering (min_user_listens="
+            f"{min_user_listens}, min_song_listens={min_song_listens})"
+        )
+    indptr, indices, summed = _csr(
+        user_map[rows[keep]], song_map[indices[keep]], len(kept_users), summed[keep]
+    )
     songs = songs[kept_songs]
 
     tag_song_ids = np.asarray(list(tag_song_ids)).astype(str)
     tag_names_in = np.asarray(list(tag_names)).astype(str)
     if len(tag_song_ids) != len(tag_names_in):
-        raise InputError(f"{len(tag_song_ids)} tagged songs but "
-                         f"{len(tag_names_in)} tag names")
+        raise InputError(
+            f"{len(tag_song_ids)} tagged songs but {len(tag_names_in)} tag names"
+        )
     song_pos = {s: i for i, s in enumerate(songs.tolist())}
     t_song = np.array([song_pos.get(s, -1) for s in tag_song_ids.tolist()], np.int64)
     known = t_song >= 0
@@ -306,19 +346,38 @@ def from_pairs(
         extra = np.setdiff1d(np.asarray(list(keep_tags)).astype(str), vocabulary)
         vocabulary = np.concatenate([vocabulary, extra])
     t_keep = tag_map[pairs[1]] >= 0
-    tag_indptr, tag_indices, _ = _csr(pairs[0][t_keep], tag_map[pairs[1][t_keep]],
-                                      len(songs))
-    names = songs if song_names is None else np.array(
-        [str(song_names.get(s, s)) for s in songs.tolist()])
+    tag_indptr, tag_indices, _ = _csr(
+        pairs[0][t_keep], tag_map[pairs[1][t_keep]], len(songs)
+    )
+    names = (
+        songs
+        if song_names is None
+        else np.array([str(song_names.get(s, s)) for s in songs.tolist()])
+    )
     return ListeningData(
-        indptr=indptr, indices=indices, counts=summed.astype(np.float32),
-        tag_indptr=tag_indptr, tag_indices=tag_indices,
-        user_ids=users[kept_users], song_ids=songs, song_names=names,
-        tag_names=vocabulary)
+        indptr=indptr,
+        indices=indices,
+        counts=summed.astype(np.float32),
+        tag_indptr=tag_indptr,
+        tag_indices=tag_indices,
+        user_ids=users[kept_users],
+        song_ids=songs,
+        song_names=names,
+        tag_names=vocabulary,
+    )
 
 
-_ARRAYS = ("indptr", "indices", "counts", "tag_indptr", "tag_indices",
-           "user_ids", "song_ids", "song_names", "tag_names")
+_ARRAYS = (
+    "indptr",
+    "indices",
+    "counts",
+    "tag_indptr",
+    "tag_indices",
+    "user_ids",
+    "song_ids",
+    "song_names",
+    "tag_names",
+)
 
 
 def save_data(data: ListeningData, path: str | Path) -> None:
@@ -343,13 +402,16 @@ def load_data(path: str | Path) -> ListeningData:
         with np.load(path, allow_pickle=False) as f:
             missing = [n for n in ("format_version", *_ARRAYS) if n not in f.files]
             if missing:
-                raise DataFormatError(f"not a songrec_jax data file: missing arrays "
-                                      f"{missing}", path=path)
+                raise DataFormatError(
+                    f"not a songrec_jax data file: missing arrays {missing}", path=path
+                )
             version = int(f["format_version"])
             if version != FORMAT_VERSION:
-                raise DataFormatError(f"format version {version} is not supported "
-                                      f"(this library reads {FORMAT_VERSION})",
-                                      path=path)
+                raise DataFormatError(
+                    f"format version {version} is not supported "
+                    f"(this library reads {FORMAT_VERSION})",
+                    path=path,
+                )
             arrays = {name: f[name] for name in _ARRAYS}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         if isinstance(e, DataFormatError):
@@ -357,15 +419,24 @@ def load_data(path: str | Path) -> ListeningData:
         raise DataFormatError(f"cannot read as .npz: {e}", path=path) from None
     for name in ("user_ids", "song_ids", "song_names", "tag_names"):
         if arrays[name].dtype.kind != "U":
-            raise DataFormatError(f"array {name!r} must hold strings, got dtype "
-                                  f"{arrays[name].dtype}", path=path)
-    for name, kind in (("indptr", "i"), ("indices", "i"), ("tag_indptr", "i"),
-                       ("tag_indices", "i"), ("counts", "f")):
+            raise DataFormatError(
+                f"array {name!r} must hold strings, got dtype {arrays[name].dtype}",
+                path=path,
+            )
+    for name, kind in (
+        ("indptr", "i"),
+        ("indices", "i"),
+        ("tag_indptr", "i"),
+        ("tag_indices", "i"),
+        ("counts", "f"),
+    ):
         if arrays[name].dtype.kind != kind or arrays[name].ndim != 1:
-            raise DataFormatError(f"array {name!r} has dtype {arrays[name].dtype} "
-                                  f"and shape {arrays[name].shape}; expected 1-D "
-                                  f"{'integers' if kind == 'i' else 'floats'}",
-                                  path=path)
+            raise DataFormatError(
+                f"array {name!r} has dtype {arrays[name].dtype} "
+                f"and shape {arrays[name].shape}; expected 1-D "
+                f"{'integers' if kind == 'i' else 'floats'}",
+                path=path,
+            )
     arrays["indptr"] = arrays["indptr"].astype(np.int64)
     arrays["tag_indptr"] = arrays["tag_indptr"].astype(np.int64)
     arrays["indices"] = arrays["indices"].astype(np.int32)

@@ -40,8 +40,9 @@ class DataFormatError(SongrecError, ValueError):
       line: the 1-based line number, when known.
     """
 
-    def __init__(self, message: str, *, path: str | Path | None = None,
-                 line: int | None = None):
+    def __init__(
+        self, message: str, *, path: str | Path | None = None, line: int | None = None
+    ):
         self.path = None if path is None else str(path)
         self.line = line
         where = ""

@@ -78,8 +78,12 @@ class Run:
         return Path(z_data) / self.name
 
 
-def prepare(config: Config, *, data: ListeningData | None = None,
-            checkpoints: str | Path = DEFAULT_CHECKPOINTS) -> Run:
+def prepare(
+    config: Config,
+    *,
+    data: ListeningData | None = None,
+    checkpoints: str | Path = DEFAULT_CHECKPOINTS,
+) -> Run:
     """Loads the data (unless given) and fits the config to it."""
     data = load_data(config.data) if data is None else data
     config = training.config_for_data(config, data)
@@ -91,22 +95,30 @@ def open_run(directory: str | Path, *, data: ListeningData | None = None) -> Run
     params, config = checkpointing.load_params(directory)
     data = load_data(config.data) if data is None else data
     training.check_data(data, config)
-    return Run(config, data, Path(directory), params,
-               training.make_splits(data, config))
+    return Run(
+        config, data, Path(directory), params, training.make_splits(data, config)
+    )
 
 
 def train(run: Run, *, resume: bool = False, progress: bool = True) -> Run:
     """Trains the run's model, saves checkpoints and the history plot."""
-    result = training.train(run.config, run.data, directory=run.directory,
-                            resume=resume, progress=progress)
+    result = training.train(
+        run.config, run.data, directory=run.directory, resume=resume, progress=progress
+    )
     result.history.save(run.directory / "history.json")
-    result.history.plot(run.directory / "history.png",
-                        title=f"{run.label}: training history")
+    result.history.plot(
+        run.directory / "history.png", title=f"{run.label}: training history"
+    )
     return dataclasses.replace(run, params=result.params, splits=result.splits)
 
 
-def evaluate(run: Run, *, protocols=evaluation.PROTOCOLS, ease: bool = True,
-             extra: dict[str, Any] | None = None) -> dict[str, evaluation.EvaluationTable]:
+def evaluate(
+    run: Run,
+    *,
+    protocols=evaluation.PROTOCOLS,
+    ease: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, evaluation.EvaluationTable]:
     """Test-user metrics of the run's model against popularity and EASE.
 
     Args:
@@ -122,12 +134,28 @@ def evaluate(run: Run, *, protocols=evaluation.PROTOCOLS, ease: bool = True,
     for protocol in protocols:
         key = jax.random.fold_in(jax.random.key(run.config.train.seed), 7)
         table = evaluation.evaluate_model(
-            run.params, run.config, run.data, run.splits, key=key, protocol=protocol,
-            name=run.config.model.kind.upper(), ease=ease)
+            run.params,
+            run.config,
+            run.data,
+            run.splits,
+            key=key,
+            protocol=protocol,
+            name=run.config.model.kind.upper(),
+            ease=ease,
+        )
         for name, other in (extra or {}).items():
-            table = table.merge(evaluation.evaluate_model(
-                other.params, other.config, run.data, other.splits, key=key,
-                protocol=protocol, name=name, ease=False))
+            table = table.merge(
+                evaluation.evaluate_model(
+                    other.params,
+                    other.config,
+                    run.data,
+                    other.splits,
+                    key=key,
+                    protocol=protocol,
+                    name=name,
+                    ease=False,
+                )
+            )
         tables[protocol] = table
     return tables
 
@@ -151,9 +179,17 @@ class Analysis:
     files: list[Path]
 
 
-def analyze(run: Run, *, z_data: str | Path = DEFAULT_Z_DATA, split: str = "train",
-            which: str = "input", n_clusters: int = 8, method: str = "pca",
-            max_users: int = 2000, progress: bool = False) -> Analysis:
+def analyze(
+    run: Run,
+    *,
+    z_data: str | Path = DEFAULT_Z_DATA,
+    split: str = "train",
+    which: str = "input",
+    n_clusters: int = 8,
+    method: str = "pca",
+    max_users: int = 2000,
+    progress: bool = False,
+) -> Analysis:
     """Computes, saves and plots the latent space per tag.
 
     Args:
@@ -170,26 +206,51 @@ def analyze(run: Run, *, z_data: str | Path = DEFAULT_Z_DATA, split: str = "trai
     out = run.z_dir(z_data)
     dominant = latent.dominant_tags_of_split(run.data, user_split, which=which)
     tag_latents = latent.compute_tag_latents(
-        run.params, run.config, run.data, user_split.inputs, dominant,
-        model_name=run.name, split=f"{split}/{which}", progress=progress)
+        run.params,
+        run.config,
+        run.data,
+        user_split.inputs,
+        dominant,
+        model_name=run.name,
+        split=f"{split}/{which}",
+        progress=progress,
+    )
     latent.save_tag_latents(tag_latents, out)
     z = latent.user_latents(run.params, run.config, user_split.inputs)
     key = jax.random.key(run.config.train.seed)
     n_clusters = max(1, min(n_clusters, len(z)))
     centres, assignment = latent.kmeans(z, n_clusters, key=key)
     latent.save_clusters(centres, assignment, out)
-    clusters = latent.cluster_top_tags(assignment, dominant, run.data.tag_names,
-                                       n_clusters=n_clusters)
+    clusters = latent.cluster_top_tags(
+        assignment, dominant, run.data.tag_names, n_clusters=n_clusters
+    )
     title = f"{run.label}, {split} users"
     files = [out / "tag_latents.npz", out / "tag_latents.json"]
-    plotting.plot_z_rand(tag_latents.means, tag_latents.stds, tag_latents.tag_names,
-                         out / "z_rand.png", key=key, title=title)
-    plotting.plot_z_users(z, dominant, run.data.tag_names, out / "z_users.png",
-                          means=tag_latents.means, max_users=max_users, key=key,
-                          method=method, title=title)
+    plotting.plot_z_rand(
+        tag_latents.means,
+        tag_latents.stds,
+        tag_latents.tag_names,
+        out / "z_rand.png",
+        key=key,
+        title=title,
+    )
+    plotting.plot_z_users(
+        z,
+        dominant,
+        run.data.tag_names,
+        out / "z_users.png",
+        means=tag_latents.means,
+        max_users=max_users,
+        key=key,
+        method=method,
+        title=title,
+    )
     plotting.plot_clusters(clusters, out / "clusters.png", title=title)
-    files += [out / f"{name}.{ext}" for name in ("z_rand", "z_users", "clusters")
-              for ext in ("png", "pdf")]
+    files += [
+        out / f"{name}.{ext}"
+        for name in ("z_rand", "z_users", "clusters")
+        for ext in ("png", "pdf")
+    ]
     return Analysis(tag_latents, z, dominant, clusters, files)
 
 
@@ -201,24 +262,38 @@ def split_of(run: Run, split: str) -> splits.UserSplit:
         return run.splits.val
     if split == "test":
         key = jax.random.fold_in(jax.random.key(run.config.train.seed), 11)
-        return splits.input_target_split(run.data, run.splits.test_users,
-                                         run.config.model.input_len, key=key)
+        return splits.input_target_split(
+            run.data, run.splits.test_users, run.config.model.input_len, key=key
+        )
     raise InputError(f"split={split!r} is not one of ['train', 'val', 'test']")
 
 
-def sweep(run: Run, tag_latents: latent.TagLatents, *,
-          z_data: str | Path = DEFAULT_Z_DATA,
-          alphas=evaluation.DEFAULT_ALPHAS, min_users: int = 10,
-          k: int = 100) -> dict:
+def sweep(
+    run: Run,
+    tag_latents: latent.TagLatents,
+    *,
+    z_data: str | Path = DEFAULT_Z_DATA,
+    alphas=evaluation.DEFAULT_ALPHAS,
+    min_users: int = 10,
+    k: int = 100,
+) -> dict:
     """The steering study on the test users; saved as JSON and plotted."""
     results = evaluation.steering_study(
-        run.params, run.config, run.data, split_of(run, "test"), tag_latents,
-        alphas=alphas, min_users=min_users, k=min(k, run.data.n_songs))
+        run.params,
+        run.config,
+        run.data,
+        split_of(run, "test"),
+        tag_latents,
+        alphas=alphas,
+        min_users=min_users,
+        k=min(k, run.data.n_songs),
+    )
     out = run.z_dir(z_data)
     evaluation.save_steering(results, out / "steering.json")
     title = f"{run.label}: steering toward each user's dominant tag"
-    plotting.plot_steering(results, out / "steering.png",
-                           metric=["tag_share", "ndcg"], title=title)
+    plotting.plot_steering(
+        results, out / "steering.png", metric=["tag_share", "ndcg"], title=title
+    )
     return results
 
 
@@ -232,8 +307,10 @@ def parse_tags(specs: list[str]) -> dict[str, float]:
         try:
             tags[name] = float(weight) if weight else 1.0
         except ValueError:
-            raise InputError(f"tag weight {weight!r} in {spec!r} is not a number; "
-                             "expected NAME=WEIGHT, e.g. jazz=0.5") from None
+            raise InputError(
+                f"tag weight {weight!r} in {spec!r} is not a number; "
+                "expected NAME=WEIGHT, e.g. jazz=0.5"
+            ) from None
     return tags
 
 
@@ -247,9 +324,11 @@ def song_indexes(data: ListeningData, songs: list[str]) -> np.ndarray:
         elif song.lstrip("-").isdigit() and 0 <= int(song) < data.n_songs:
             out.append(int(song))
         else:
-            raise InputError(f"song {song!r} is neither a song id of the data (e.g. "
-                             f"{data.song_ids[0]!r}) nor an index in "
-                             f"[0, {data.n_songs})")
+            raise InputError(
+                f"song {song!r} is neither a song id of the data (e.g. "
+                f"{data.song_ids[0]!r}) nor an index in "
+                f"[0, {data.n_songs})"
+            )
     return np.asarray(out, np.int64)
 
 
@@ -260,24 +339,46 @@ def user_index(data: ListeningData, user: str) -> int:
         return int(matches[0])
     if user.isdigit() and int(user) < data.n_users:
         return int(user)
-    raise InputError(f"user {user!r} is neither a user id of the data (e.g. "
-                     f"{data.user_ids[0]!r}) nor a row in [0, {data.n_users})")
+    raise InputError(
+        f"user {user!r} is neither a user id of the data (e.g. "
+        f"{data.user_ids[0]!r}) nor a row in [0, {data.n_users})"
+    )
 
 
 def describe(data: ListeningData, songs: np.ndarray, scores: np.ndarray) -> list[dict]:
     """Readable rows for recommended songs: rank, id, name, score, tags."""
-    return [{"rank": r + 1, "song": str(data.song_ids[s]),
-             "name": str(data.song_names[s]), "score": float(score),
-             "tags": [str(data.tag_names[t]) for t in data.song_tags(int(s))]}
-            for r, (s, score) in enumerate(zip(songs, scores, strict=True))]
+    return [
+        {
+            "rank": r + 1,
+            "song": str(data.song_ids[s]),
+            "name": str(data.song_names[s]),
+            "score": float(score),
+            "tags": [str(data.tag_names[t]) for t in data.song_tags(int(s))],
+        }
+        for r, (s, score) in enumerate(zip(songs, scores, strict=True))
+    ]
 
 
-def recommend_history(run: Run, songs: np.ndarray, *, k: int = 10,
-                      tags: dict[str, float] | None = None, alpha: float = 0.0,
-                      method: str = "postfilter",
-                      tag_latents: latent.TagLatents | None = None) -> list[dict]:
+def recommend_history(
+    run: Run,
+    songs: np.ndarray,
+    *,
+    k: int = 10,
+    tags: dict[str, float] | None = None,
+    alpha: float = 0.0,
+    method: str = "postfilter",
+    tag_latents: latent.TagLatents | None = None,
+) -> list[dict]:
     """Top songs for one history, optionally steered, as readable rows."""
     rec = recommend.recommend_one(
-        run.params, run.config, songs, k=min(k, run.data.n_songs), tags=tags,
-        alpha=alpha, method=method, data=run.data, tag_latents=tag_latents)
+        run.params,
+        run.config,
+        songs,
+        k=min(k, run.data.n_songs),
+        tags=tags,
+        alpha=alpha,
+        method=method,
+        data=run.data,
+        tag_latents=tag_latents,
+    )
     return describe(run.data, np.asarray(rec.indices), np.asarray(rec.scores))

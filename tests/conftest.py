@@ -14,8 +14,10 @@ def lastfm_dir() -> Path:
     """The real Last.fm HetRec 2011 folder named by SONGREC_LASTFM_DIR."""
     value = os.environ.get("SONGREC_LASTFM_DIR")
     if not value:
-        pytest.skip("SONGREC_LASTFM_DIR is not set: the real Last.fm data is not "
-                    "available on this machine")
+        pytest.skip(
+            "SONGREC_LASTFM_DIR is not set: the real Last.fm data is not "
+            "available on this machine"
+        )
     path = Path(value)
     if not (path / "user_artists.dat").is_file():
         pytest.skip(f"SONGREC_LASTFM_DIR={value} holds no user_artists.dat")

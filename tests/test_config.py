@@ -48,16 +48,20 @@ def test_invalid_values_raise_config_error_naming_them(build, fragment):
 
 def test_name_lists_kind_dims_loss_and_changed_fields():
     assert Config().name == "vae_600-200_ce"
-    config = Config(model=ModelConfig(kind="mlp", dims=(300, 50)),
-                    train=TrainConfig(learning_rate=0.01))
+    config = Config(
+        model=ModelConfig(kind="mlp", dims=(300, 50)),
+        train=TrainConfig(learning_rate=0.01),
+    )
     assert config.name == "mlp_300-50_ce_learning_rate=0.01"
     assert Config(model=ModelConfig(n_songs=7)).name == Config().name
 
 
 def test_toml_round_trip(tmp_path):
-    config = Config(model=ModelConfig(kind="mlp", dims=(32, 8), pooling="attention"),
-                    loss=LossConfig(name="focal", beta=0.5),
-                    train=TrainConfig(seed=3))
+    config = Config(
+        model=ModelConfig(kind="mlp", dims=(32, 8), pooling="attention"),
+        loss=LossConfig(name="focal", beta=0.5),
+        train=TrainConfig(seed=3),
+    )
     save_config(config, tmp_path / "c.toml")
     assert load_config(tmp_path / "c.toml") == config
 

@@ -34,16 +34,22 @@ def test_from_pairs_builds_sorted_unique_csr_and_sums_duplicates():
 
 
 def test_filters_drop_rare_songs_then_users():
-    data = from_pairs(["u1", "u1", "u2", "u3"], ["a", "b", "a", "c"],
-                      min_song_listens=2)
+    data = from_pairs(
+        ["u1", "u1", "u2", "u3"], ["a", "b", "a", "c"], min_song_listens=2
+    )
     assert list(data.song_ids) == ["a"] and list(data.user_ids) == ["u1", "u2"]
     data = from_pairs(["u1", "u1", "u2"], ["a", "b", "a"], min_user_listens=2)
     assert list(data.user_ids) == ["u1"]
 
 
 def test_top_tags_keeps_the_most_used():
-    data = from_pairs(["u"] * 3, ["a", "b", "c"], tag_song_ids=["a", "b", "c", "a"],
-                      tag_names=["x", "x", "x", "y"], top_tags=1)
+    data = from_pairs(
+        ["u"] * 3,
+        ["a", "b", "c"],
+        tag_song_ids=["a", "b", "c", "a"],
+        tag_names=["x", "x", "x", "y"],
+        top_tags=1,
+    )
     assert list(data.tag_names) == ["x"] and len(data.tag_indices) == 3
 
 
@@ -75,8 +81,17 @@ def test_npz_round_trip_is_exact(tmp_path):
     data = small()
     save_data(data, tmp_path / "d.npz")
     loaded = load_data(tmp_path / "d.npz")
-    for name in ("indptr", "indices", "counts", "tag_indptr", "tag_indices",
-                 "user_ids", "song_ids", "song_names", "tag_names"):
+    for name in (
+        "indptr",
+        "indices",
+        "counts",
+        "tag_indptr",
+        "tag_indices",
+        "user_ids",
+        "song_ids",
+        "song_names",
+        "tag_names",
+    ):
         a, b = getattr(data, name), getattr(loaded, name)
         assert a.dtype == b.dtype and np.array_equal(a, b), name
 
@@ -93,14 +108,21 @@ def test_load_rejects_garbage_and_pickles(tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 9), st.integers(1, 50)),
-                min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 6), st.integers(0, 9), st.integers(1, 50)),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_from_pairs_counts_match_a_dictionary(listens):
     users, songs, counts = zip(*listens, strict=True)
     data = from_pairs([f"u{u}" for u in users], [f"s{s}" for s in songs], counts)
     expected: dict[tuple[str, str], int] = {}
     for u, s, c in listens:
         expected[f"u{u}", f"s{s}"] = expected.get((f"u{u}", f"s{s}"), 0) + c
-    got = {(data.user_ids[r], data.song_ids[s]): c for r, s, c in
-           zip(data.user_rows(), data.indices, data.counts, strict=True)}
+    got = {
+        (data.user_ids[r], data.song_ids[s]): c
+        for r, s, c in zip(data.user_rows(), data.indices, data.counts, strict=True)
+    }
     assert got == expected

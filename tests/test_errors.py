@@ -25,10 +25,15 @@ X[:, :3] = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
 
 
 def test_every_library_error_is_a_songrec_error_and_a_builtin():
-    for error, builtin in [(ConfigError, ValueError), (InputError, ValueError),
-                           (UnknownTagError, KeyError), (DataFormatError, ValueError),
-                           (CheckpointError, OSError), (TrainingError, RuntimeError),
-                           (ResourceError, MemoryError)]:
+    for error, builtin in [
+        (ConfigError, ValueError),
+        (InputError, ValueError),
+        (UnknownTagError, KeyError),
+        (DataFormatError, ValueError),
+        (CheckpointError, OSError),
+        (TrainingError, RuntimeError),
+        (ResourceError, MemoryError),
+    ]:
         assert issubclass(error, SongrecError) and issubclass(error, builtin)
     assert str(UnknownTagError("unknown tag 'x'")) == "unknown tag 'x'"
     assert str(DataFormatError("bad", path="f.tsv", line=3)) == "f.tsv, line 3: bad"
@@ -53,18 +58,29 @@ def test_recommend_rejects_bad_k_and_steering():
         recommend.recommend(PARAMS, CONFIG, X, k=61)
     tag = str(DATA.tag_names[0])
     with pytest.raises(UnknownTagError, match="'nope'"):
-        recommend.recommend(PARAMS, CONFIG, X, k=5, tags={"nope": 1.0}, alpha=1.0,
-                            data=DATA)
+        recommend.recommend(
+            PARAMS, CONFIG, X, k=5, tags={"nope": 1.0}, alpha=1.0, data=DATA
+        )
     for weight in (-1.0, float("nan"), float("inf")):
         with pytest.raises(InputError, match="weight"):
-            recommend.recommend(PARAMS, CONFIG, X, k=5, tags={tag: weight},
-                                alpha=1.0, data=DATA)
+            recommend.recommend(
+                PARAMS, CONFIG, X, k=5, tags={tag: weight}, alpha=1.0, data=DATA
+            )
     with pytest.raises(InputError, match="alpha"):
-        recommend.recommend(PARAMS, CONFIG, X, k=5, tags={tag: 1.0},
-                            alpha=float("nan"), data=DATA)
+        recommend.recommend(
+            PARAMS, CONFIG, X, k=5, tags={tag: 1.0}, alpha=float("nan"), data=DATA
+        )
     with pytest.raises(InputError, match="method"):
-        recommend.recommend(PARAMS, CONFIG, X, k=5, tags={tag: 1.0}, alpha=1.0,
-                            data=DATA, method="magic")
+        recommend.recommend(
+            PARAMS,
+            CONFIG,
+            X,
+            k=5,
+            tags={tag: 1.0},
+            alpha=1.0,
+            data=DATA,
+            method="magic",
+        )
 
 
 def test_empty_history_is_refused_with_advice():
@@ -74,8 +90,9 @@ def test_empty_history_is_refused_with_advice():
 
 def test_non_finite_parameters_are_refused():
     broken = jax.tree_util.tree_map(lambda a: a, PARAMS)
-    broken["params"]["output"]["bias"] = broken["params"]["output"]["bias"].at[3].set(
-        np.nan)
+    broken["params"]["output"]["bias"] = (
+        broken["params"]["output"]["bias"].at[3].set(np.nan)
+    )
     with pytest.raises(InputError, match="NaN or infinite"):
         recommend.recommend(broken, CONFIG, X, k=5)
     with pytest.raises(InputError, match="NaN or infinite"):
@@ -83,16 +100,20 @@ def test_non_finite_parameters_are_refused():
 
 
 def test_parameters_of_another_config_are_refused():
-    other = Config(model=ModelConfig(kind="vae", n_songs=60, input_len=8,
-                                     dims=(16, 5)))
+    other = Config(model=ModelConfig(kind="vae", n_songs=60, input_len=8, dims=(16, 5)))
     with pytest.raises(InputError, match="do not match the model config"):
         recommend.recommend(PARAMS, other, X, k=5)
 
 
 @pytest.mark.parametrize(
     "songs, fragment",
-    [([1, 2.5], "2.5"), ([1, -3], "-3"), ([1, 99], "99"), (["a"], "'a'"),
-     ([True], "True")],
+    [
+        ([1, 2.5], "2.5"),
+        ([1, -3], "-3"),
+        ([1, 99], "99"),
+        (["a"], "'a'"),
+        ([True], "True"),
+    ],
 )
 def test_to_input_names_the_bad_song(songs, fragment):
     with pytest.raises(InputError, match=fragment):
@@ -104,5 +125,14 @@ def test_tag_latents_without_users_are_unknown_for_steering():
     tl = latent.compute_tag_latents(PARAMS, CONFIG, DATA, X, dominant)
     empty = str(DATA.tag_names[1])
     with pytest.raises(UnknownTagError, match=empty):
-        recommend.recommend(PARAMS, CONFIG, X, k=5, tags={empty: 1.0}, alpha=1.0,
-                            method="latent", data=DATA, tag_latents=tl)
+        recommend.recommend(
+            PARAMS,
+            CONFIG,
+            X,
+            k=5,
+            tags={empty: 1.0},
+            alpha=1.0,
+            method="latent",
+            data=DATA,
+            tag_latents=tl,
+        )

@@ -18,9 +18,14 @@ X = jnp.array([[1, 2, 3, -1, -1, -1], [5, -1, -1, -1, -1, -1]], jnp.int32)
 
 @pytest.mark.parametrize(
     "kind, dims, pooling",
-    [("mlp", (8,), "sum"), ("vae", (8,), "attention"), ("mlp", (16, 4), "mean"),
-     ("vae", (16, 4), "sum"), ("mlp", (16, 8, 4), "attention"),
-     ("vae", (16, 8, 4), "mean")],
+    [
+        ("mlp", (8,), "sum"),
+        ("vae", (8,), "attention"),
+        ("mlp", (16, 4), "mean"),
+        ("vae", (16, 4), "sum"),
+        ("mlp", (16, 8, 4), "attention"),
+        ("vae", (16, 8, 4), "mean"),
+    ],
 )
 def test_shapes_for_every_depth_and_pooling(kind, dims, pooling):
     c = config(kind=kind, dims=dims, pooling=pooling)
@@ -60,11 +65,13 @@ def test_latent_and_reparametrize():
     mean, logvar = models.encode(params, c, X)
     np.testing.assert_array_equal(models.latent(params, c, X), mean)
     z = models.latent(params, c, X, key=jax.random.key(3))
-    expected = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.key(3),
-                                                                mean.shape)
+    expected = mean + jnp.exp(0.5 * logvar) * jax.random.normal(
+        jax.random.key(3), mean.shape
+    )
     np.testing.assert_allclose(z, expected, rtol=1e-6)
-    np.testing.assert_array_equal(models.decode(params, c, mean),
-                                  models.forward(params, c, X)[0])
+    np.testing.assert_array_equal(
+        models.decode(params, c, mean), models.forward(params, c, X)[0]
+    )
 
 
 def test_vae_sample_depends_on_key_and_is_reproducible():
@@ -83,9 +90,16 @@ def test_input_dropout_only_when_training():
     key = jax.random.key(1)
     eval_a = models.forward(params, c, X, key=key)[1]["mean"]
     np.testing.assert_array_equal(eval_a, models.encode(params, c, X)[0])
-    train_means = {tuple(np.asarray(models.forward(params, c, X, key=jax.random.key(i),
-                                                    train=True)[1]["mean"][0]))
-                   for i in range(6)}
+    train_means = {
+        tuple(
+            np.asarray(
+                models.forward(params, c, X, key=jax.random.key(i), train=True)[1][
+                    "mean"
+                ][0]
+            )
+        )
+        for i in range(6)
+    }
     assert len(train_means) > 1
 
 

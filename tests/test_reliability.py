@@ -80,9 +80,13 @@ DRIVER = textwrap.dedent("""
 
 
 def songrec(tmp: Path, mode: str, at: int, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(tmp / "driver.py"), mode, str(at),
-                           *args], cwd=tmp, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, str(tmp / "driver.py"), mode, str(at), *args],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def leaves(directory: Path, kind: str):
@@ -123,11 +127,16 @@ def test_sigkill_mid_epoch_and_mid_save_then_resume_equals_uninterrupted(tmp_pat
 
 
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path):
-    (tmp_path / "tiny.toml").write_text(TINY.format(epochs=500).replace(
-        "patience = 1", "patience = 500"))
+    (tmp_path / "tiny.toml").write_text(
+        TINY.format(epochs=500).replace("patience = 1", "patience = 500")
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "songrec_jax.cli", "train", "--config", "tiny.toml"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         runs = list((tmp_path / "checkpoints").glob("*/latest/2"))
@@ -194,9 +203,18 @@ def test_crafted_data_file_cannot_run_code(tmp_path):
     header = header.ljust(117) + "\n"
     npy = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
     with zipfile.ZipFile(buffer, "w") as z:
-        for name in ("format_version", "indptr", "indices", "counts", "tag_indptr",
-                     "tag_indices", "user_ids", "song_ids", "song_names",
-                     "tag_names"):
+        for name in (
+            "format_version",
+            "indptr",
+            "indices",
+            "counts",
+            "tag_indptr",
+            "tag_indices",
+            "user_ids",
+            "song_ids",
+            "song_names",
+            "tag_names",
+        ):
             z.writestr(f"{name}.npy", npy + payload)
     (tmp_path / "evil.npz").write_bytes(buffer.getvalue())
     with pytest.raises(DataFormatError):
@@ -252,7 +270,15 @@ def test_same_seed_gives_identical_parameters_across_processes(tmp_path):
     (tmp_path / "tiny.toml").write_text(TINY.format(epochs=2))
     (tmp_path / "run.py").write_text(script)
     env = {**os.environ, "PYTHONHASHSEED": "random"}
-    digests = [subprocess.run([sys.executable, "run.py", "tiny.toml"], cwd=tmp_path,
-                              capture_output=True, text=True, check=True,
-                              env=env).stdout.strip() for _ in range(2)]
+    digests = [
+        subprocess.run(
+            [sys.executable, "run.py", "tiny.toml"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout.strip()
+        for _ in range(2)
+    ]
     assert digests[0] == digests[1] and len(digests[0]) == 64

@@ -21,16 +21,25 @@ def make_config(kind="vae", loss="ce", epochs=4, **train):
     return Config(
         model=ModelConfig(kind=kind, n_songs=DATA.n_songs, input_len=32, dims=(32, 8)),
         loss=LossConfig(name=loss, beta=0.2),
-        train=TrainConfig(**{"learning_rate": 3e-3, "batch_size": 64,
-                             "epochs": epochs, "patience": 3, "restarts": 1,
-                             "seed": 0, **train}),
+        train=TrainConfig(
+            **{
+                "learning_rate": 3e-3,
+                "batch_size": 64,
+                "epochs": epochs,
+                "patience": 3,
+                "restarts": 1,
+                "seed": 0,
+                **train,
+            }
+        ),
         data=DataConfig(n_users=600, n_songs=300, n_tags=6),
     )
 
 
 def heldout_ndcg(scores, split):
-    relevant = metrics.relevance_from_sparse(split.target_indptr, split.target_indices,
-                                             DATA.n_songs)
+    relevant = metrics.relevance_from_sparse(
+        split.target_indptr, split.target_indices, DATA.n_songs
+    )
     seen = np.asarray(training.input_mask(jnp.asarray(split.inputs), DATA.n_songs))
     top, _ = metrics.top_k(scores, 100, exclude=seen)
     return float(np.nanmean(metrics.ndcg_at_k(top, relevant)))
@@ -58,8 +67,9 @@ def test_every_loss_trains_without_nan(loss):
 
 
 def test_patience_restarts_and_lr_factor():
-    config = make_config(epochs=8, patience=1, restarts=2, lr_factor=0.5,
-                         learning_rate=0.05)
+    config = make_config(
+        epochs=8, patience=1, restarts=2, lr_factor=0.5, learning_rate=0.05
+    )
     history = training.train(config, DATA, progress=False).history
     assert len(history.runs) >= 2
     lrs = [run[0]["lr"] for run in history.runs if run]
@@ -74,8 +84,9 @@ def test_select_by_ndcg_keeps_the_best_ndcg_epoch(tmp_path):
     best_epoch = max(result.history.records, key=lambda r: r["val"]["ndcg"])["epoch"]
     assert checkpointing.load_meta(tmp_path, "best")["step"] == best_epoch
     val = training.evaluate_split(result.params, config, result.splits.val, beta=0.2)
-    assert val["ndcg"] == pytest.approx(best_epoch and max(
-        r["val"]["ndcg"] for r in result.history.records), rel=1e-5)
+    assert val["ndcg"] == pytest.approx(
+        best_epoch and max(r["val"]["ndcg"] for r in result.history.records), rel=1e-5
+    )
 
 
 def test_best_checkpoint_reproduces_returned_params(tmp_path):
@@ -84,8 +95,10 @@ def test_best_checkpoint_reproduces_returned_params(tmp_path):
     params, stored = checkpointing.load_params(tmp_path)
     assert stored == config
     x = result.splits.val.inputs[:8]
-    np.testing.assert_array_equal(models.forward(params, config, x)[0],
-                                  models.forward(result.params, config, x)[0])
+    np.testing.assert_array_equal(
+        models.forward(params, config, x)[0],
+        models.forward(result.params, config, x)[0],
+    )
     history = training.History.from_dict(checkpointing.load_meta(tmp_path)["history"])
     assert len(history.records) >= 1
 
@@ -93,8 +106,9 @@ def test_best_checkpoint_reproduces_returned_params(tmp_path):
 def test_same_seed_gives_identical_parameters():
     a = training.train(make_config(epochs=2), DATA, progress=False).params
     b = training.train(make_config(epochs=2), DATA, progress=False).params
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b),
-                    strict=True):
+    for x, y in zip(
+        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True
+    ):
         np.testing.assert_array_equal(x, y)
 
 
@@ -126,8 +140,17 @@ def test_resume_in_another_process_equals_uninterrupted(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(RESUME_SCRIPT)
     run = lambda stop: subprocess.run(  # noqa: E731
-        [sys.executable, str(script), str(tmp_path / "c.toml"), str(tmp_path / "ck"),
-         str(stop)], capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "c.toml"),
+            str(tmp_path / "ck"),
+            str(stop),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     first = run(2)
     assert "INTERRUPTED" in first.stdout and "--resume" in first.stdout
     assert checkpointing.load_meta(tmp_path / "ck", "latest")["loop"]["epoch"] == 2
@@ -135,14 +158,21 @@ def test_resume_in_another_process_equals_uninterrupted(tmp_path):
     resumed, _ = checkpointing.load_params(tmp_path / "ck", kind="latest")
     resumed_best, _ = checkpointing.load_params(tmp_path / "ck", kind="best")
 
-    straight = training.train(config, DATA, directory=tmp_path / "straight",
-                              progress=False)
+    straight = training.train(
+        config, DATA, directory=tmp_path / "straight", progress=False
+    )
     expected, _ = checkpointing.load_params(tmp_path / "straight", kind="latest")
-    for x, y in zip(jax.tree_util.tree_leaves(resumed),
-                    jax.tree_util.tree_leaves(expected), strict=True):
+    for x, y in zip(
+        jax.tree_util.tree_leaves(resumed),
+        jax.tree_util.tree_leaves(expected),
+        strict=True,
+    ):
         np.testing.assert_array_equal(x, y)
-    for x, y in zip(jax.tree_util.tree_leaves(resumed_best),
-                    jax.tree_util.tree_leaves(straight.params), strict=True):
+    for x, y in zip(
+        jax.tree_util.tree_leaves(resumed_best),
+        jax.tree_util.tree_leaves(straight.params),
+        strict=True,
+    ):
         np.testing.assert_array_equal(x, y)
     history = checkpointing.load_meta(tmp_path / "ck", "latest")["history"]
     assert history == json.loads(json.dumps(straight.history.to_dict()))
