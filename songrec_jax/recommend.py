@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from songrec_jax import latent, metrics, models, splits
 from songrec_jax.config import Config, ModelConfig

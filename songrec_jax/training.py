@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from songrec_jax import checkpointing, losses, metrics, models, splits
 from songrec_jax.config import Config
