@@ -1,6 +1,7 @@
 """The `songrec` command line, run in-process on tiny synthetic data."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -203,3 +204,15 @@ def test_debug_shows_the_traceback(workdir, monkeypatch):
 
     with pytest.raises(ConfigError):
         main(["--debug", "train", "--config", "missing.toml"])
+
+
+def test_quick_demo_on_real_data(tmp_path, capsys, monkeypatch, lastfm_dir):
+    monkeypatch.chdir(tmp_path)
+    out = run_json(capsys, "demo", "--quick", "--data", "lastfm-hetrec",
+                   str(lastfm_dir), "--out", "demo")
+    assert out["data"]["users"] > 1000
+    assert {"input_target", "strong"} == set(out["tables"])
+    for row in ("VAE", "MLP", "popularity"):
+        assert row in out["tables"]["strong"]["rows"]
+    assert len(out["sample"]["lists"]) == 3
+    assert all(Path(f).stat().st_size > 0 for f in out["files"])
