@@ -120,8 +120,13 @@ def cmd_train(args) -> None:
         sharding.initialize_distributed(
             args.coordinator, args.num_processes, args.process_id
         )
+    mesh = None
+    if args.distributed or args.model_shards > 1 or args.data_shards:
+        from songrec_jax import sharding
+
+        mesh = sharding.make_mesh(data=args.data_shards, model=args.model_shards)
     run = pipeline.prepare(_config(args), checkpoints=args.checkpoints)
-    run = pipeline.train(run, resume=args.resume, progress=not args.json)
+    run = pipeline.train(run, resume=args.resume, progress=not args.json, mesh=mesh)
     history = json.loads((run.directory / "history.json").read_text())
     records = [r for group in history["runs"] for r in group]
     last = records[-1] if records else {}
@@ -172,7 +177,9 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_recommend(args) -> None:
-    from songrec_jax import latent, pipeline, sharding
+    import numpy as np
+
+    from songrec_jax import latent, pipeline, streaming
 
     run = _run(args)
     tags = pipeline.parse_tags(args.tag)
@@ -187,27 +194,24 @@ def cmd_recommend(args) -> None:
         tag_latents=tag_latents,
     )
     if args.users_file:
-        users = [
-            line.strip()
-            for line in Path(args.users_file).read_text().split()
-            if line.strip()
-        ]
-        rows = [pipeline.user_index(run.data, u) for u in users]
-        out = Path(args.out)
-        written = sharding.stream_recommend(
+        users = Path(args.users_file).read_text().split()
+        rows = np.array([pipeline.user_index(run.data, u) for u in users], np.int64)
+        steering = {k: v for k, v in steering.items() if k != "tags" or v}
+        manifest = streaming.stream_recommend(
             run.params,
             run.config,
-            run.data,
-            rows,
-            out,
+            pipeline.user_inputs(run, rows, args.chunk_size),
+            args.out,
             k=args.k,
             chunk_size=args.chunk_size,
-            **steering,
+            progress=not args.json,
+            **(steering if tags else {}),
         )
         _emit(
             args,
-            {"users": len(rows), "files": [str(p) for p in written]},
-            f"recommended {args.k} songs for {len(rows)} users into {out}",
+            {"users": len(rows), "out": args.out, "manifest": manifest},
+            f"recommended {args.k} songs for {len(rows)} users into {args.out}/ "
+            "(read them with songrec_jax.streaming.read_recommendations)",
         )
         return
     if args.history:
@@ -387,6 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", help="coordinator address host:port")
     p.add_argument("--num-processes", type=int, help="number of processes")
     p.add_argument("--process-id", type=int, help="this process's id")
+    p.add_argument(
+        "--model-shards",
+        type=int,
+        default=1,
+        help="devices on the mesh's model axis (songs are split over "
+        "them); the rest go on the data axis",
+    )
+    p.add_argument(
+        "--data-shards",
+        type=int,
+        help="devices on the data axis (default: all the others)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

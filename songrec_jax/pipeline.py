@@ -100,16 +100,27 @@ def open_run(directory: str | Path, *, data: ListeningData | None = None) -> Run
     )
 
 
-def train(run: Run, *, resume: bool = False, progress: bool = True) -> Run:
-    """Trains the run's model, saves checkpoints and the history plot."""
+def train(run: Run, *, resume: bool = False, progress: bool = True, mesh=None) -> Run:
+    """Trains the run's model, saves checkpoints and the history plot.
+
+    With a `mesh` (`sharding.make_mesh`) it trains on the mesh's devices;
+    the returned run then holds the padded config the checkpoint stores.
+    """
     result = training.train(
-        run.config, run.data, directory=run.directory, resume=resume, progress=progress
+        run.config,
+        run.data,
+        directory=run.directory,
+        resume=resume,
+        progress=progress,
+        mesh=mesh,
     )
     result.history.save(run.directory / "history.json")
     result.history.plot(
         run.directory / "history.png", title=f"{run.label}: training history"
     )
-    return dataclasses.replace(run, params=result.params, splits=result.splits)
+    return dataclasses.replace(
+        run, config=result.config, params=result.params, splits=result.splits
+    )
 
 
 def evaluate(
@@ -343,6 +354,24 @@ def user_index(data: ListeningData, user: str) -> int:
         f"user {user!r} is neither a user id of the data (e.g. "
         f"{data.user_ids[0]!r}) nor a row in [0, {data.n_users})"
     )
+
+
+def user_inputs(run: Run, rows: np.ndarray, chunk_size: int = 4096):
+    """Model inputs of the data's users `rows`, yielded in chunks.
+
+    Yields:
+      int32 [<= chunk_size, input_len]: each user's songs, padded with -1
+      (a longer history is subsampled, keyed by the user's row).
+    """
+    input_len = run.config.model.input_len
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start : start + chunk_size]
+        yield np.stack(
+            [
+                splits.to_input(run.data.user_songs(int(r)), input_len, key=int(r))
+                for r in chunk
+            ]
+        )
 
 
 def describe(data: ListeningData, songs: np.ndarray, scores: np.ndarray) -> list[dict]:

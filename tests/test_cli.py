@@ -147,21 +147,19 @@ def test_analyze_then_latent_steering_and_sweep(workdir, capsys, monkeypatch):
 
 
 def test_recommend_users_file_streams_results(workdir, capsys, monkeypatch):
+    from songrec_jax.streaming import read_recommendations
+
     monkeypatch.chdir(workdir)
     (workdir / "users.txt").write_text("user_000001\nuser_000002\nuser_000005\n")
-    out = run_json(
-        capsys,
-        "recommend",
-        "--config",
-        "tiny.toml",
-        "--users-file",
-        "users.txt",
-        "--out",
-        "recs",
-        "--k",
-        "4",
-    )
-    assert out["users"] == 3 and out["files"]
+    out = run_json(capsys, "recommend", "--config", "tiny.toml", "--users-file",
+                   "users.txt", "--out", "recs", "--k", "4", "--chunk-size", "2")
+    assert out["users"] == 3
+    recs = read_recommendations(workdir / "recs")
+    assert recs.indices.shape == (3, 4)
+    single = run_json(capsys, "recommend", "--config", "tiny.toml", "--user",
+                      "user_000002", "--k", "4")
+    assert [s["song"] for s in single["songs"]] == [
+        f"song_{i:06d}" for i in recs.indices[1]]
 
 
 @pytest.mark.parametrize(
