@@ -168,7 +168,7 @@ class TrainConfig:
       patience: epochs without validation improvement before a restart.
       lr_factor: the learning rate is multiplied by this at each restart.
       restarts: how many restarts before training stops.
-      seed: the seed of every random choice (splits, init, batches).
+      seed: the random seed of every choice (splits, init, batches).
       val_fraction: share of users held out for validation.
       test_fraction: share of users held out for testing.
       select_by: keep the parameters with the best validation "loss" or

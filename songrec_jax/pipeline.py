@@ -54,7 +54,7 @@ class Run:
       data: the listening data.
       directory: the checkpoint folder.
       params: trained parameters, or None before training.
-      splits: the user and song splits (derived from the seed).
+      splits: the user and song splits (derived from `train.seed`).
     """
 
     config: Config

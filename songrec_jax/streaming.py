@@ -118,10 +118,14 @@ def _write_manifest(directory: Path, manifest: dict) -> None:
     os.replace(tmp, directory / MANIFEST)
 
 
+def _load(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+
+
 def _chunk_done(directory: Path, index: int, rows: int, k: int) -> bool:
     try:
         shapes = [
-            np.load(directory / f"{name}-{index:05d}.npy", mmap_mode="r").shape
+            _load(directory / f"{name}-{index:05d}.npy", mmap_mode="r").shape
             for name in ("indices", "scores")
         ]
     except (OSError, ValueError):
@@ -274,7 +278,7 @@ def read_recommendations(
     mode = "r" if mmap and len(manifest["chunks"]) == 1 else None
     parts = {
         name: [
-            np.load(directory / f"{name}-{i:05d}.npy", mmap_mode=mode)
+            _load(directory / f"{name}-{i:05d}.npy", mmap_mode=mode)
             for i in range(len(manifest["chunks"]))
         ]
         for name in ("indices", "scores")

@@ -14,7 +14,7 @@ The procedure:
    `restarts` times; after that it stops.
 4. Every epoch ends by saving the latest checkpoint: parameters,
    optimizer state, history and loop position. `train(..., resume=True)`
-   continues from it. Batches and random keys derive from the seed, the
+   continues from it. Batches and random keys derive from `seed`, the
    epoch and the step alone, so an interrupted and resumed run ends with
    exactly the parameters of an uninterrupted one.
 
@@ -113,7 +113,7 @@ class History:
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """The users and song splits of one run, derived from the seed alone.
+    """The users and song splits of one run, derived from `train.seed` alone.
 
     Attributes:
       train_users, val_users, test_users: int64 user indices.
