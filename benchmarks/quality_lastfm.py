@@ -2,14 +2,16 @@
 
 Trains the MLP, VAE and Mult-VAE presets on the training users, tunes a
 small grid of hyperparameters (EASE's L2 weight and a few autoencoder
-settings) on the VALIDATION users within a time budget, then reports the
-test users' figures once, under both protocols:
+settings, among them Mult-VAE's autoencoding of whole histories) on the
+VALIDATION users within a time budget, then reports the test users'
+figures once, under both protocols:
 
     model | NDCG@100 | Recall@20 | Recall@50 | MAP@100     (mean ± s.e.)
 
 next to popularity and EASE, and the headline of the steering study of
-each autoencoder (the strength at which steering doubles the share of the
-dominant tag in the top 100, and the held-out NDCG@100 kept there).
+each autoencoder, towards each test user's dominant tag and towards a
+random other tag: the strength at which steering doubles the tag's share
+of the top 100, and the held-out NDCG@100 kept there.
 
 Run (artists play the part of songs):
 
@@ -53,11 +55,14 @@ PRESETS = {"MLP": "mlp_h2", "VAE": "vae_h2", "Mult-VAE": "mult_vae"}
 EASE_GRID = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 # Settings tried for each autoencoder, the preset's own first; "vae" marks
 # changes that only apply to variational models.
+AUTOENCODING = {"train.target": "all", "train.resample": True}
 VARIANTS = (
     ({}, False),
     ({"model.input_dropout": 0.5}, False),
-    ({"train.learning_rate": 3e-3}, False),
+    ({**AUTOENCODING, "model.input_dropout": 0.5}, False),
+    ({**AUTOENCODING, "model.input_dropout": 0.5, "train.learning_rate": 3e-3}, False),
     ({"loss.beta": 0.2, "loss.anneal_steps": 2000}, True),
+    ({**AUTOENCODING, "model.input_dropout": 0.5, "loss.anneal_steps": 2000}, True),
 )
 SELECTION_METRIC = "NDCG@100"
 
@@ -169,13 +174,15 @@ def tune_model(label, data, val_users, args, budget, key) -> dict[str, Any]:
     base = base_config(PRESETS[label], data, args)
     variants = VARIANTS[:1] if args.quick else VARIANTS
     tried, best = [], None
+    configs = []
     for changes, vae_only in variants:
-        if vae_only and base.model.kind != "vae":
-            continue
+        config = with_changes(base, changes)
+        if (vae_only and base.model.kind != "vae") or config in configs:
+            continue  # not for this model, or what the preset already is
+        configs.append(config)
         if best is not None and budget.left() <= 0:
             log.info("%s: out of tuning time, %s not tried", label, changes)
             continue
-        config = with_changes(base, changes)
         started = time.monotonic()
         result = training.train(config, data, progress=False)
         table = evaluation.evaluate(
@@ -227,8 +234,9 @@ def test_tables(models, ease, data, data_splits, input_len, key):
 
 
 def steering(models, data, test_split, args) -> dict[str, Any]:
-    """The steering study of each autoencoder on the test users; tag latents
-    come from its training users."""
+    """The steering study of each autoencoder on the test users, towards each
+    user's dominant tag and towards a random other tag; tag latents come
+    from its training users."""
     out = {}
     for label, tuned in models.items():
         result = tuned["result"]
@@ -239,26 +247,30 @@ def steering(models, data, test_split, args) -> dict[str, Any]:
             result.splits.train.inputs,
             latent.dominant_tags_of_split(data, result.splits.train),
         )
-        results = evaluation.steering_study(
-            result.params,
-            result.config,
-            data,
-            test_split,
-            tag_latents,
-            min_users=5 if args.quick else 10,
-        )
-        out[label] = {
-            "headline": evaluation.steering_headline(results),
-            "results": results,
-        }
-        if args.out:
-            plotting.plot_steering(
-                results,
-                args.out / f"steering_{label}.png",
-                metric=["tag_share", "ndcg", "graded_ndcg"],
-                classes=list(results["class_sizes"])[:4],
-                title=f"{label}: steering towards each test user's dominant tag",
+        out[label] = {}
+        for target in evaluation.STEERING_TARGETS:
+            results = evaluation.steering_study(
+                result.params,
+                result.config,
+                data,
+                test_split,
+                tag_latents,
+                min_users=5 if args.quick else 10,
+                target=target,
+                key=args.seed,
             )
+            out[label][target] = {
+                "headline": evaluation.steering_headline(results),
+                "results": results,
+            }
+            if args.out:
+                plotting.plot_steering(
+                    results,
+                    args.out / f"steering_{label}_{target}.png",
+                    metric=["tag_share", "ndcg", "graded_ndcg"],
+                    classes=list(results["class_sizes"])[:4],
+                    title=f"{label}: steering towards each test user's {target} tag",
+                )
     return out
 
 
@@ -272,12 +284,13 @@ def print_report(report, tables, data, models) -> None:
     for protocol, table in tables.items():
         print(f"\nTest users, {protocol} protocol ({table.n_users} users):")
         print(table.format())
-    for label, study in report["steering"].items():
-        print(
-            f"\nSteering {label} towards each test user's dominant tag "
-            f"({study['results']['n_users']} users):"
-        )
-        print(evaluation.format_headline(study["headline"]))
+    for label, studies in report["steering"].items():
+        for target, study in studies.items():
+            print(
+                f"\nSteering {label} towards each test user's {target} tag "
+                f"({study['results']['n_users']} users):"
+            )
+            print(evaluation.format_headline(study["headline"]))
     print(f"\n({report['seconds']:.0f} s)")
 
 
@@ -287,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format="%(asctime)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,  # importing Orbax installs a root handler of its own
     )
     started = time.monotonic()
     data = load(args)

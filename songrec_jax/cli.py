@@ -299,17 +299,15 @@ def cmd_sweep(args) -> None:
         alphas=alphas,
         min_users=args.min_users,
         k=args.k,
+        target=args.target,
     )
     headline = evaluation.steering_headline(results)
+    stem = pipeline.steering_stem(args.target)
+    files = [str(z_dir / f"{stem}.json"), str(z_dir / f"{stem}.png")]
     _emit(
         args,
-        {
-            "run": run.name,
-            "headline": headline,
-            "files": [str(z_dir / "steering.json"), str(z_dir / "steering.png")],
-        },
-        evaluation.format_headline(headline)
-        + f"\n\nwritten: {z_dir / 'steering.json'}, {z_dir / 'steering.png'}",
+        {"run": run.name, "target": args.target, "headline": headline, "files": files},
+        evaluation.format_headline(headline) + f"\n\nwritten: {', '.join(files)}",
     )
 
 
@@ -462,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", default="0,0.25,0.5,1,2,4")
     p.add_argument("--min-users", type=int, default=10)
     p.add_argument("--k", type=int, default=100)
+    p.add_argument(
+        "--target",
+        default="dominant",
+        choices=["dominant", "random"],
+        help="steer each test user towards their dominant tag or a random other",
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(

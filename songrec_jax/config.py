@@ -29,7 +29,8 @@ POOLINGS = ("sum", "mean", "attention")
 LOSSES = ("bce", "bce2", "ce", "focal", "focal2")
 SELECT_BY = ("loss", "ndcg")
 DATA_SOURCES = ("synthetic", "lastfm-hetrec", "msd", "movielens", "tsv", "npz")
-TARGETS = ("rest", "window")
+TARGETS = ("rest", "window", "all")
+STEPS = ("auto", "plain", "fused")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -173,9 +174,23 @@ class TrainConfig:
       test_fraction: share of users held out for testing.
       select_by: keep the parameters with the best validation "loss" or
         the best validation "ndcg" (NDCG@100, as Mult-VAE).
-      target: each user's target songs: "rest" (all songs not in the
-        input) or "window" (at most `input_len` of them).
-      eval_every: evaluate the validation set every this many epochs.
+      target: each training user's target songs: "rest" (all songs not
+        in the input), "window" (at most `input_len` of them) or "all"
+        (every song of the user, the input included: Mult-VAE's
+        autoencoding, to pair with input dropout). Validation users always
+        predict the "rest" of their songs from their input.
+      resample: draw each training user's input and targets anew every
+        epoch (from `seed` and the epoch) instead of once for the run.
+      step: how a training step computes Adam's update: "plain"
+        (`jax.grad` and `optax.adam`), "fused" (the same update without
+        the dense gradients of the song-sized layers, faster for large
+        catalogues; see `fused_step`), or "auto" (fused from
+        `fused_step.AUTO_MIN_SONGS` songs on, plain below). Plain and fused
+        agree to float32 rounding. A step on a device mesh is always plain.
+      lazy_embedding_updates: lazy Adam for the embedding table: only the
+        rows of the songs in a batch are updated (their moments included)
+        instead of every row decaying. An approximation that skips most of
+        the table's work; needs the fused step.
     """
 
     learning_rate: float = 1e-3
@@ -189,11 +204,13 @@ class TrainConfig:
     test_fraction: float = 0.1
     select_by: str = "loss"
     target: str = "rest"
-    eval_every: int = 1
+    resample: bool = False
+    step: str = "auto"
+    lazy_embedding_updates: bool = False
 
     def __post_init__(self):
         _check_positive("train.learning_rate", self.learning_rate)
-        for field in ("batch_size", "epochs", "eval_every"):
+        for field in ("batch_size", "epochs"):
             value = getattr(self, field)
             _check(
                 isinstance(value, int) and value >= 1,
@@ -219,6 +236,21 @@ class TrainConfig:
         )
         _check_choice("train.select_by", self.select_by, SELECT_BY)
         _check_choice("train.target", self.target, TARGETS)
+        _check_choice("train.step", self.step, STEPS)
+        _check(
+            isinstance(self.resample, bool),
+            f"train.resample={self.resample!r} must be true or false",
+        )
+        _check(
+            isinstance(self.lazy_embedding_updates, bool),
+            f"train.lazy_embedding_updates={self.lazy_embedding_updates!r} must be "
+            "true or false",
+        )
+        _check(
+            not (self.lazy_embedding_updates and self.step == "plain"),
+            "train.lazy_embedding_updates=true needs train.step='fused' or 'auto' "
+            "(the plain step always updates every row)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,6 +49,7 @@ from songrec_jax import baselines, latent, metrics, models, recommend, splits, t
 from songrec_jax.config import Config, ModelConfig
 from songrec_jax.data import ListeningData
 from songrec_jax.errors import DataFormatError, InputError, ResourceError
+from songrec_jax.rng import numpy_rng
 
 log = logging.getLogger(__name__)
 
@@ -458,6 +459,7 @@ def evaluate_model(
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 DEFAULT_RELI = 0.5
+STEERING_TARGETS = ("dominant", "random")
 STEERING_METRICS = (
     "graded_ndcg",
     "ndcg",
@@ -520,13 +522,19 @@ def steering_study(
     min_users: int = 10,
     factor: float = 1.0,
     batch_size: int = BATCH_SIZE,
+    target: str = "dominant",
+    key=None,
 ) -> dict[str, Any]:
-    """How steering each user towards their dominant tag changes the top k.
+    """How steering each user towards a tag changes the top k.
 
-    Each user of `split` is steered towards their *dominant tag* `t` (the
-    most frequent tag of their input songs, `latent.dominant_tags_of_split`)
-    with `recommend.recommend(..., tags={t: 1.0}, alpha=alpha,
-    method=method)`, for every method and alpha. Users are grouped by `t`
+    Each user of `split` is steered towards a tag `t` with
+    `recommend.recommend(..., tags={t: 1.0}, alpha=alpha, method=method)`,
+    for every method and alpha. With `target="dominant"`, `t` is the
+    user's *dominant tag* (the most frequent tag of their input songs,
+    `latent.dominant_tags_of_split`): more of what they already like. With
+    `target="random"`, `t` is drawn uniformly, with `key`, from the other
+    tags that have a latent mean: a taste the user does not show, whose
+    share of the top k starts low. Users are grouped by `t` (the "class")
     and each group is recommended for in one vectorised call. Per user:
 
     * "graded_ndcg": NDCG@k with relevance 1 for the held-out songs and
@@ -565,11 +573,15 @@ def steering_study(
       min_users: smallest class given a per-class entry.
       factor: post-filter strength of "both" relative to `alpha`.
       batch_size: users per jitted chunk.
+      target: "dominant" or "random" (see above).
+      key: PRNG key or integer seed of the random targets; required with
+        `target="random"`.
 
     Returns:
       A JSON-ready dict, as `plotting.plot_steering` reads it::
 
         {"alphas": [...], "k": k, "reli": reli, "factor": factor,
+         "target": target,
          "min_users": min_users, "n_users": n, "metrics": [...],
          "methods": {method: {
              "average": {metric: [per alpha], metric + "_se": [...]},
@@ -593,6 +605,10 @@ def steering_study(
         raise InputError(f"reli={reli!r} must be a finite number >= 0")
     if not isinstance(min_users, int) or min_users < 1:
         raise InputError(f"min_users={min_users!r} must be an integer >= 1")
+    if target not in STEERING_TARGETS:
+        raise InputError(f"target={target!r} is not one of {list(STEERING_TARGETS)}")
+    if target == "random" and key is None:
+        raise InputError('target="random" needs key= (a PRNG key or integer seed)')
     k = min(int(k), data.n_songs)
 
     dominant = latent.dominant_tags_of_split(data, split, "input")
@@ -601,11 +617,15 @@ def steering_study(
     no_mean = ~no_tag & ~has_mean[dominant]
     users = np.flatnonzero(~no_tag & ~no_mean)
     n = len(users)
+    goal = dominant
+    if target == "random":
+        goal = np.full(len(dominant), -1, np.int64)
+        goal[users] = _other_tags(dominant[users], has_mean[:-1], key)
     values = {
         m: {name: np.full((len(alphas), n), np.nan) for name in STEERING_METRICS}
         for m in methods
     }
-    classes, class_of = np.unique(dominant[users], return_inverse=True)
+    classes, class_of = np.unique(goal[users], return_inverse=True)
     sizes = np.bincount(class_of, minlength=len(classes))
     rows = int(min(batch_size, sizes.max())) if n else 1  # users per chunk
     common = dict(data=data, tag_latents=tag_latents, batch_size=rows)
@@ -661,6 +681,7 @@ def steering_study(
         "k": k,
         "reli": float(reli),
         "factor": float(factor),
+        "target": target,
         "min_users": min_users,
         "n_users": n,
         "metrics": list(STEERING_METRICS),
@@ -689,6 +710,19 @@ def steering_study(
         min_users,
     )
     return results
+
+
+def _other_tags(dominant: np.ndarray, has_mean: np.ndarray, key) -> np.ndarray:
+    """For each user, a uniformly random tag with a mean other than theirs."""
+    candidates = np.flatnonzero(has_mean)
+    if len(candidates) < 2:
+        raise InputError(
+            f'target="random" needs at least 2 tags with a latent mean, found '
+            f"{len(candidates)}"
+        )
+    position = np.searchsorted(candidates, dominant)
+    drawn = numpy_rng(key).integers(0, len(candidates) - 1, len(dominant))
+    return candidates[drawn + (drawn >= position)]
 
 
 def _summarise(values: dict[str, np.ndarray], members) -> dict[str, Any]:

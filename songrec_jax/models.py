@@ -63,14 +63,27 @@ class EmbeddingBag(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """Args: x int32 [B, L]; mask bool [B, L]. Returns [B, features]."""
+        """Args: x int32 [B, L]; mask bool [B, L]. Returns [B, features].
+
+        When the variables hold a "rows" collection (`{"embedding": [R,
+        features]}`, plus `"attention": [R]` for attention pooling), `x`
+        indexes those rows instead of the whole tables: the training step
+        passes only the rows of the songs in its batch, so that their
+        gradient is `[R, features]` rather than the size of the table.
+        """
         table = self.param("embedding", nn.initializers.normal(0.02),
                            (self.n_songs, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        safe = jnp.where(mask, x, 0)
-        vectors = jnp.take(table, safe, axis=0)
+        scores = None
         if self.pooling == "attention":
             scores = self.param("attention", nn.initializers.zeros, (self.n_songs,))
+        if self.has_variable("rows", "embedding"):
+            table = self.get_variable("rows", "embedding")
+            if scores is not None:
+                scores = self.get_variable("rows", "attention")
+        safe = jnp.where(mask, x, 0)
+        vectors = jnp.take(table, safe, axis=0)
+        if scores is not None:
             s = jnp.where(mask, jnp.take(scores, safe), -jnp.inf)
             weights = jax.nn.softmax(s, axis=-1, where=mask)
             weights = jnp.where(mask, weights, 0.0)

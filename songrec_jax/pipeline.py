@@ -287,8 +287,16 @@ def sweep(
     alphas=evaluation.DEFAULT_ALPHAS,
     min_users: int = 10,
     k: int = 100,
+    target: str = "dominant",
 ) -> dict:
-    """The steering study on the test users; saved as JSON and plotted."""
+    """The steering study on the test users; saved as JSON and plotted.
+
+    Towards each user's dominant tag, or with `target="random"` towards a
+    random other tag (drawn from the run's seed); see
+    `evaluation.steering_study`. The files are `steering.json` and
+    `steering.png` (`steering_random.*` for random targets) in the run's
+    `z_data` folder.
+    """
     results = evaluation.steering_study(
         run.params,
         run.config,
@@ -298,14 +306,22 @@ def sweep(
         alphas=alphas,
         min_users=min_users,
         k=min(k, run.data.n_songs),
+        target=target,
+        key=run.config.train.seed,
     )
     out = run.z_dir(z_data)
-    evaluation.save_steering(results, out / "steering.json")
-    title = f"{run.label}: steering toward each user's dominant tag"
+    stem = steering_stem(target)
+    evaluation.save_steering(results, out / f"{stem}.json")
+    title = f"{run.label}: steering toward each user's {target} tag"
     plotting.plot_steering(
-        results, out / "steering.png", metric=["tag_share", "ndcg"], title=title
+        results, out / f"{stem}.png", metric=["tag_share", "ndcg"], title=title
     )
     return results
+
+
+def steering_stem(target: str) -> str:
+    """The file name (without suffix) of a steering study's results."""
+    return "steering" if target == "dominant" else f"steering_{target}"
 
 
 def parse_tags(specs: list[str]) -> dict[str, float]:

@@ -408,7 +408,8 @@ def make_train_step(
 ):
     """`training.make_train_step`, compiled for the mesh.
 
-    The step is the very function `training` builds, compiled with the
+    The step is `training.plain_train_step` (the fused step's row-sparse
+    updates and blocked loop do not split over devices), compiled with the
     state sharded by `state_shardings` (and donated), the batch by
     `batch_shardings`, and the key, `beta` and metrics replicated.
 
@@ -427,7 +428,7 @@ def make_train_step(
     shardings = state_shardings(config, optimizer, mesh)
     replicated = NamedSharding(mesh, P())
     jitted = jax.jit(
-        training.make_train_step(config, optimizer).__wrapped__,
+        training.plain_train_step(config, optimizer),
         in_shardings=(shardings, batch_shardings(mesh), replicated, replicated),
         out_shardings=(shardings, replicated),
         donate_argnums=0,

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 PAD = -1  # the input value of an empty slot
+TARGETS = ("rest", "window", "all")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -54,7 +55,8 @@ class UserSplit:
       target_indptr: int64 [n_users + 1], row pointers of the targets.
       target_indices: int32 [n_targets], the songs to predict for row i are
         `target_indices[target_indptr[i]:target_indptr[i + 1]]`, ascending;
-        they never overlap the row's inputs.
+        they never overlap the row's inputs, except in the autoencoding
+        split of `input_target_split(..., target="all")`.
     """
 
     users: np.ndarray
@@ -231,7 +233,7 @@ def input_target_split(
     input_len: int,
     *,
     key,
-    target: Literal["rest", "window"] = "rest",
+    target: Literal["rest", "window", "all"] = "rest",
     max_input_fraction: float = 0.8,
 ) -> UserSplit:
     """Inputs and targets for users seen in training.
@@ -243,25 +245,37 @@ def input_target_split(
     Users with fewer than 2 songs have nothing to predict and are skipped;
     how many is logged, and `UserSplit.users` lists those kept.
 
+    `target="all"` is the autoencoding of Mult-VAE instead: the input is a
+    uniformly random `min(input_len, n)` of the user's songs (all of them
+    when they fit) and the target is every song of the user, the input
+    included. Only users without songs are skipped. It is meant for
+    training, usually with input dropout (`ModelConfig.input_dropout`) so
+    that the model must predict songs it was not shown.
+
     Args:
       data: the listening data.
       users: distinct rows of `data`, in the order the split should keep.
       input_len: length of each input, >= 1.
       key: JAX PRNG key or integer seed.
-      target: "rest" or "window".
+      target: "rest", "window" or "all".
       max_input_fraction: the largest share of a history used as input,
-        in (0, 1).
+        in (0, 1); unused with "all".
 
     Returns:
       The split, one row per kept user.
     """
-    if target not in ("rest", "window"):
-        raise InputError(f"target={target!r} is not one of ['rest', 'window']")
+    if target not in TARGETS:
+        raise InputError(f"target={target!r} is not one of {list(TARGETS)}")
     _check_int("input_len", input_len, 1)
     _check_fraction("max_input_fraction", max_input_fraction, allow_zero=False)
     users = _as_users(data, users)
 
     lengths = np.diff(data.indptr)[users]
+    if target == "all":
+        users = _keep_users(users, lengths >= 1, "no songs")
+        n = np.diff(data.indptr)[users]
+        n_input = np.minimum(input_len, n)
+        return _split(data, users, input_len, numpy_rng(key), n_input, 0 * n, n)
     users = _keep_users(users, lengths >= 2, "fewer than 2 songs")
     n = np.diff(data.indptr)[users]
     n_input = np.floor(max_input_fraction * n + 1e-9).astype(np.int64)

@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from songrec_jax import checkpointing, losses, metrics, models, splits
+from songrec_jax import checkpointing, fused_step, losses, metrics, models, splits
 from songrec_jax.config import Config
 from songrec_jax.data import ListeningData
 from songrec_jax.errors import CheckpointError, ConfigError, TrainingError
@@ -161,13 +161,26 @@ def make_splits(data: ListeningData, config: Config) -> Splits:
     train_users, val_users, test_users = splits.split_users(
         data.n_users, val_fraction=t.val_fraction, test_fraction=t.test_fraction,
         key=keys["split"])
-    target_keys = jax.random.split(keys["target"], 2)
-    input_len = config.model.input_len
-    train = splits.input_target_split(data, train_users, input_len,
-                                      key=target_keys[0], target=t.target)
-    val = splits.input_target_split(data, val_users, input_len,
-                                    key=target_keys[1], target=t.target)
+    val_target = "rest" if t.target == "all" else t.target
+    val = splits.input_target_split(data, val_users, config.model.input_len,
+                                    key=jax.random.fold_in(keys["target"], 1),
+                                    target=val_target)
+    train = training_split(data, config, train_users, epoch=0)
     return Splits(train_users, val_users, test_users, train, val)
+
+
+def training_split(data: ListeningData, config: Config, train_users: np.ndarray, *,
+                   epoch: int) -> splits.UserSplit:
+    """The training users' inputs and targets for an epoch.
+
+    The same for every epoch unless `config.train.resample`; either way a
+    function of the seed and the epoch alone (so resuming repeats it).
+    """
+    key = jax.random.fold_in(_keys(config)["target"], 0)
+    if config.train.resample and epoch > 0:
+        key = jax.random.fold_in(key, epoch + 1)
+    return splits.input_target_split(data, train_users, config.model.input_len,
+                                     key=key, target=config.train.target)
 
 
 def check_data(data: ListeningData, config: Config) -> None:
@@ -199,8 +212,28 @@ def make_train_step(config: Config, optimizer: optax.GradientTransformation):
     """A jitted `step(state, batch, key, beta) -> (state, metrics)`.
 
     `state` is `{"params", "opt_state"}` and is donated: its buffers are
-    reused for the result.
+    reused for the result. `config.train.step` chooses the implementation
+    (`uses_fused_step`); both compute Adam's update of the same loss.
     """
+    if uses_fused_step(config):
+        step = fused_step.make_step(config, lazy=config.train.lazy_embedding_updates)
+    else:
+        step = plain_train_step(config, optimizer)
+    return jax.jit(step, donate_argnums=0)
+
+
+def uses_fused_step(config: Config) -> bool:
+    """Whether `make_train_step` builds the fused step for this config."""
+    t = config.train
+    if t.step == "auto":
+        return t.lazy_embedding_updates or (
+            config.model.n_outputs >= fused_step.AUTO_MIN_SONGS
+        )
+    return t.step == "fused"
+
+
+def plain_train_step(config: Config, optimizer: optax.GradientTransformation):
+    """The unjitted step of `jax.value_and_grad` and `optimizer.update`."""
     model_config = config.model
 
     def loss_of(params, batch, key, beta):
@@ -216,7 +249,7 @@ def make_train_step(config: Config, optimizer: optax.GradientTransformation):
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "opt_state": opt_state}, parts
 
-    return jax.jit(step, donate_argnums=0)
+    return step
 
 
 def _posterior(aux: dict) -> dict:
@@ -377,8 +410,12 @@ def train(config: Config, data: ListeningData, *,
         while loop["epoch"] < t.epochs and not loop["done"]:
             epoch = loop["epoch"]
             epoch_key = jax.random.fold_in(keys["batches"], epoch)
+            train_split = data_splits.train
+            if t.resample and epoch > 0:
+                train_split = training_split(data, config, data_splits.train_users,
+                                             epoch=epoch)
             step_losses = []
-            bar = tqdm(splits.batches(data_splits.train, t.batch_size,
+            bar = tqdm(splits.batches(train_split, t.batch_size,
                                       config.model.n_outputs, key=epoch_key),
                        total=n_batches, desc=f"epoch {epoch + 1}/{t.epochs}",
                        disable=not progress, leave=False)

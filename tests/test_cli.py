@@ -144,6 +144,13 @@ def test_analyze_then_latent_steering_and_sweep(workdir, capsys, monkeypatch):
         capsys, "sweep", "--config", "tiny.toml", "--alphas", "0,1", "--min-users", "2"
     )
     assert set(sweep["headline"]) == {"postfilter", "latent", "both"}
+    assert sweep["target"] == "dominant"
+    assert all(Path(f).stat().st_size > 0 for f in sweep["files"])
+    other = run_json(capsys, "sweep", "--config", "tiny.toml", "--alphas", "0,1",
+                     "--min-users", "1", "--target", "random")
+    assert other["target"] == "random"
+    assert all(Path(f).name.startswith("steering_random") for f in other["files"])
+    assert all(Path(f).stat().st_size > 0 for f in other["files"])
 
 
 def test_recommend_users_file_streams_results(workdir, capsys, monkeypatch):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from songrec_jax import splits
 from songrec_jax.data import ListeningData
+from songrec_jax.data import from_pairs
 from songrec_jax.errors import InputError
 
 FAST = settings(max_examples=30, deadline=None)
@@ -248,7 +249,7 @@ def test_input_target_split_logs_skipped_users(caplog):
     [
         ({"users": [0, 9]}, "user 9 at position 1 is out of range"),
         ({"users": [1, 1]}, "repeated: \\[1\\]"),
-        ({"target": "all"}, "target='all'"),
+        ({"target": "most"}, "target='most'"),
         ({"input_len": 0}, "input_len=0"),
         ({"max_input_fraction": 1.0}, "max_input_fraction=1.0"),
     ],
@@ -397,3 +398,13 @@ def test_batches_reject_too_few_outputs_and_empty_splits_yield_nothing():
     empty = splits.input_target_split(make_data([[1]], 3), [0], 4, key=0)
     assert empty.n_users == 0
     assert list(splits.batches(empty, 4, 3)) == []
+
+
+def test_autoencoding_split_targets_every_song_and_inputs_what_fits():
+    data = from_pairs([0, 0, 0, 1, 2, 2], [0, 1, 2, 3, 4, 5])
+    split = splits.input_target_split(data, [0, 1, 2], 2, key=0, target="all")
+    assert split.users.tolist() == [0, 1, 2]  # a single song is enough
+    assert split.input_lengths().tolist() == [2, 1, 2]
+    for row, songs in enumerate([[0, 1, 2], [3], [4, 5]]):
+        assert split.target_songs(row).tolist() == songs
+        assert set(split.input_songs(row)) <= set(songs)

@@ -135,7 +135,8 @@ RESUME_SCRIPT = textwrap.dedent("""
 def test_resume_in_another_process_equals_uninterrupted(tmp_path):
     from songrec_jax.config import save_config
 
-    config = make_config(epochs=4, patience=1, restarts=1, learning_rate=0.02)
+    config = make_config(epochs=4, patience=1, restarts=1, learning_rate=0.02,
+                         target="all", resample=True)
     save_config(config, tmp_path / "c.toml")
     script = tmp_path / "run.py"
     script.write_text(RESUME_SCRIPT)
@@ -176,6 +177,25 @@ def test_resume_in_another_process_equals_uninterrupted(tmp_path):
         np.testing.assert_array_equal(x, y)
     history = checkpointing.load_meta(tmp_path / "ck", "latest")["history"]
     assert history == json.loads(json.dumps(straight.history.to_dict()))
+
+
+def test_resampling_draws_new_training_inputs_each_epoch():
+    config = make_config(target="all", resample=True)
+    users = training.make_splits(DATA, config).train_users
+    first = training.training_split(DATA, config, users, epoch=1)
+    again = training.training_split(DATA, config, users, epoch=1)
+    second = training.training_split(DATA, config, users, epoch=2)
+    np.testing.assert_array_equal(first.inputs, again.inputs)
+    assert not np.array_equal(first.inputs, second.inputs)
+    np.testing.assert_array_equal(first.target_indices, second.target_indices)
+    fixed = config.replace(train=dataclasses.replace(config.train, resample=False))
+    np.testing.assert_array_equal(
+        training.training_split(DATA, fixed, users, epoch=1).inputs,
+        training.training_split(DATA, fixed, users, epoch=2).inputs,
+    )
+    val = training.make_splits(DATA, config).val  # validation predicts the rest
+    for row in range(val.n_users):
+        assert not set(val.input_songs(row)) & set(val.target_songs(row))
 
 
 def test_resume_with_another_config_raises(tmp_path):

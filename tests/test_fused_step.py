@@ -1,0 +1,133 @@
+"""The fused training step computes the plain step's Adam update."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from songrec_jax import fused_step, models, training
+from songrec_jax.config import Config, ConfigError, LossConfig, ModelConfig, TrainConfig
+
+N_SONGS = 300
+BATCH = 16
+
+
+def make_config(step="plain", lazy=False, **model):
+    model = {"kind": "vae", "dims": (48, 8), "input_len": 12, **model}
+    loss = model.pop("loss", "ce")
+    return Config(
+        model=ModelConfig(n_songs=N_SONGS, **model),
+        loss=LossConfig(name=loss, beta=0.5),
+        train=TrainConfig(batch_size=BATCH, step=step, lazy_embedding_updates=lazy),
+    )
+
+
+def make_batch(seed, config):
+    rng = np.random.default_rng(seed)
+    m = config.model
+    inputs = rng.integers(0, 60, (BATCH, m.input_len)).astype(np.int32)
+    inputs[:, m.input_len // 2 :] = -1
+    inputs[-1] = -1  # a padding row
+    targets = np.zeros((BATCH, m.n_outputs), np.float32)
+    targets[np.arange(BATCH)[:, None], rng.integers(0, N_SONGS, (BATCH, 5))] = 1.0
+    weights = np.ones(BATCH, np.float32)
+    weights[-1] = 0.0
+    return {"inputs": inputs, "targets": targets, "weights": weights}
+
+
+def run(config, steps=4):
+    optimizer = training.make_optimizer(config)
+    params = models.init(config, key=jax.random.key(0))
+    state = {"params": params, "opt_state": optimizer.init(params)}
+    step = training.make_train_step(config, optimizer)
+    for i in range(steps):
+        state, parts = step(state, make_batch(i, config), jax.random.key(i),
+                            jnp.float32(0.5))
+    return state, parts, step
+
+
+CASES = [
+    {},
+    {"kind": "mlp"},
+    {"pooling": "attention"},
+    {"pooling": "mean", "loss": "bce"},
+    {"input_dropout": 0.3, "loss": "focal"},
+    {"dims": (8,)},
+    {"dims": (40, 24, 8), "kind": "mlp"},
+    {"song_multiple": 64},  # padded output songs
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: str(c) or "vae")
+def test_fused_step_matches_the_plain_step(case):
+    plain, plain_parts, _ = run(make_config("plain", **case))
+    fused, fused_parts, step = run(make_config("fused", **case))
+    assert step._cache_size() == 1
+    for name in plain_parts:
+        np.testing.assert_allclose(fused_parts[name], plain_parts[name], rtol=1e-5,
+                                   atol=1e-6)
+    assert jax.tree_util.tree_structure(fused) == jax.tree_util.tree_structure(plain)
+    for got, want in zip(jax.tree_util.tree_leaves(fused),
+                         jax.tree_util.tree_leaves(plain), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
+
+
+def test_fused_step_blocks_need_not_divide_the_songs():
+    config = make_config("fused")
+    optimizer = training.make_optimizer(config)
+    params = models.init(config, key=jax.random.key(0))
+    state = {"params": params, "opt_state": optimizer.init(params)}
+    batch = make_batch(0, config)
+    key, beta = jax.random.key(1), jnp.float32(0.5)
+    whole, _ = jax.jit(fused_step.make_step(config, block=N_SONGS))(state, batch,
+                                                                   key, beta)
+    blocked, _ = jax.jit(fused_step.make_step(config, block=128))(state, batch,
+                                                                  key, beta)
+    for got, want in zip(jax.tree_util.tree_leaves(blocked),
+                         jax.tree_util.tree_leaves(whole), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_lazy_updates_leave_rows_outside_the_batch_alone():
+    config = make_config("fused", lazy=True, pooling="attention")
+    optimizer = training.make_optimizer(config)
+    params = models.init(config, key=jax.random.key(0))
+    state = {"params": params, "opt_state": optimizer.init(params)}
+    before = jax.tree_util.tree_map(np.asarray, state)
+    batch = make_batch(0, config)
+    step = training.make_train_step(config, optimizer)
+    after, _ = step(state, batch, jax.random.key(0), jnp.float32(0.5))
+    seen = np.unique(batch["inputs"][batch["inputs"] >= 0])
+    unseen = np.setdiff1d(np.arange(N_SONGS), seen)
+    for name in ("embedding", "attention"):
+        old = before["params"]["params"]["bag"][name]
+        new = np.asarray(after["params"]["params"]["bag"][name])
+        np.testing.assert_array_equal(new[unseen], old[unseen])
+        assert not np.allclose(new[seen], old[seen])
+    # The rest of the model is updated as by the exact step.
+    exact, _ = jax.jit(fused_step.make_step(config))(
+        jax.tree_util.tree_map(jnp.asarray, before), batch, jax.random.key(0),
+        jnp.float32(0.5))
+    np.testing.assert_allclose(after["params"]["params"]["output"]["kernel"],
+                               exact["params"]["params"]["output"]["kernel"],
+                               rtol=1e-6)
+
+
+def test_auto_takes_the_fused_step_for_large_catalogues():
+    small = make_config("auto")
+    large = small.replace(model=dataclasses.replace(
+        small.model, n_songs=fused_step.AUTO_MIN_SONGS))
+    assert not training.uses_fused_step(small)
+    assert training.uses_fused_step(large)
+    assert training.uses_fused_step(make_config("auto", lazy=True))
+    assert not training.uses_fused_step(large.replace(
+        train=dataclasses.replace(large.train, step="plain")))
+
+
+def test_lazy_updates_need_a_step_that_can_do_them():
+    with pytest.raises(ConfigError, match="lazy_embedding_updates"):
+        TrainConfig(step="plain", lazy_embedding_updates=True)
+    with pytest.raises(ConfigError, match="train.step='slow'"):
+        TrainConfig(step="slow")
