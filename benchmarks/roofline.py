@@ -61,9 +61,7 @@ def matmul_rate(
     a_key, b_key = jax.random.split(jax.random.key(0))
     a = jax.random.normal(a_key, (m, k), jnp.float32).astype(dtype)
     b = jax.random.normal(b_key, (k, n), jnp.float32).astype(dtype)
-    dot = jax.jit(
-        lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)
-    )
+    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     seconds = median_seconds(
         lambda: dot(a, b).block_until_ready(), repeats=repeats, warmup=2
     )
@@ -125,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     for batch in args.batch:
         for dtype in ("float32", "bfloat16"):
             rate = matmul_rate(batch, args.hidden, args.songs, dtype=dtype)
-            rows.append({"shape": [batch, args.hidden, args.songs], "dtype": dtype,
-                         **rate})
+            rows.append(
+                {"shape": [batch, args.hidden, args.songs], "dtype": dtype, **rate}
+            )
     report = {"machine": machine(), "matmuls": rows}
     if args.json:
         print(json.dumps(report, indent=1))
@@ -135,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'m x k x n':>22} {'dtype':>9} {'ms':>9} {'GFLOP/s':>9}")
     for row in rows:
         shape = " x ".join(str(s) for s in row["shape"])
-        print(f"{shape:>22} {row['dtype']:>9} {row['seconds'] * 1e3:>9.1f} "
-              f"{row['gflops']:>9.1f}")
+        print(
+            f"{shape:>22} {row['dtype']:>9} {row['seconds'] * 1e3:>9.1f} "
+            f"{row['gflops']:>9.1f}"
+        )
     return 0
 
 

@@ -204,9 +204,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(*args.child, args)))
         return 0
     passthrough = [
-        a
-        for a in (argv if argv is not None else sys.argv[1:])
-        if a not in ("--json",)
+        a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--json",)
     ]
     rows = []
     for case in args.cases:

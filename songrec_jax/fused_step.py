@@ -90,8 +90,10 @@ def make_step(config: Config, *, lazy: bool = False, block: int = OUTPUT_BLOCK) 
         ids, x_local = _unique_rows(x, c.n_outputs)
         bag = params["bag"]
         sparse = {name: bag[name] for name in ROW_SPARSE if name in bag}
-        rows = {name: table.at[ids].get(mode="fill", fill_value=0)
-                for name, table in sparse.items()}
+        rows = {
+            name: table.at[ids].get(mode="fill", fill_value=0)
+            for name, table in sparse.items()
+        }
         kernel = params["output"]["kernel"]
         dense = _without(params, sparse, kernel)
 
@@ -105,8 +107,14 @@ def make_step(config: Config, *, lazy: bool = False, block: int = OUTPUT_BLOCK) 
 
         def loss_of(logits, mean, logvar):
             posterior = {} if logvar is None else {"mean": mean, "logvar": logvar}
-            return losses.loss_fn(config.loss, logits, batch["targets"],
-                                  **posterior, beta=beta, weights=batch["weights"])
+            return losses.loss_fn(
+                config.loss,
+                logits,
+                batch["targets"],
+                **posterior,
+                beta=beta,
+                weights=batch["weights"],
+            )
 
         _, loss_vjp, parts = jax.vjp(loss_of, logits, mean, logvar, has_aux=True)
         dlogits, dmean, dlogvar = loss_vjp(jnp.ones((), jnp.float32))
@@ -118,12 +126,14 @@ def make_step(config: Config, *, lazy: bool = False, block: int = OUTPUT_BLOCK) 
         # One pass over the output kernel: the gradient of `h` reads each
         # block before Adam overwrites it in place.
         new_kernel, kernel_mu, kernel_nu, dh = adam.output_kernel(
-            h, dlogits, kernel, mu["output"]["kernel"], nu["output"]["kernel"], block)
+            h, dlogits, kernel, mu["output"]["kernel"], nu["output"]["kernel"], block
+        )
         grads, row_grads = body_vjp((dh, dmean, dlogvar))
         grads["output"]["bias"] = jnp.sum(dlogits, axis=0)
 
-        flat = jax.tree_util.tree_map(adam.dense, grads, dense, _sub(mu, dense),
-                                      _sub(nu, dense))
+        flat = jax.tree_util.tree_map(
+            adam.dense, grads, dense, _sub(mu, dense), _sub(nu, dense)
+        )
         new_dense = jax.tree_util.tree_map(lambda t: t[0], flat, is_leaf=_is_triple)
         new_mu = jax.tree_util.tree_map(lambda t: t[1], flat, is_leaf=_is_triple)
         new_nu = jax.tree_util.tree_map(lambda t: t[2], flat, is_leaf=_is_triple)
@@ -133,8 +143,10 @@ def make_step(config: Config, *, lazy: bool = False, block: int = OUTPUT_BLOCK) 
         update_rows = adam.lazy_rows if lazy else adam.rows
         for name, table in sparse.items():
             new_dense["bag"][name], new_mu["bag"][name], new_nu["bag"][name] = (
-                update_rows(ids, row_grads[name], table, mu["bag"][name],
-                            nu["bag"][name]))
+                update_rows(
+                    ids, row_grads[name], table, mu["bag"][name], nu["bag"][name]
+                )
+            )
 
         new_state = {
             "params": {"params": new_dense},
@@ -158,8 +170,9 @@ def _unique_rows(x: jax.Array, n_rows: int) -> tuple[jax.Array, jax.Array]:
     """
     present = x >= 0
     flat = jnp.where(present, x, n_rows).reshape(-1)
-    ids, inverse = jnp.unique(flat, size=flat.size, fill_value=n_rows,
-                              return_inverse=True)
+    ids, inverse = jnp.unique(
+        flat, size=flat.size, fill_value=n_rows, return_inverse=True
+    )
     x_local = jnp.where(present, inverse.reshape(x.shape), -1)
     return ids.astype(jnp.int32), x_local.astype(jnp.int32)
 
@@ -182,8 +195,9 @@ def _with(dense: dict, sparse: dict, kernel: jax.Array) -> dict:
 
 def _sub(tree: dict, like: dict) -> dict:
     """The leaves of `tree` at the paths of `like`."""
-    return {name: {leaf: tree[name][leaf] for leaf in layer}
-            for name, layer in like.items()}
+    return {
+        name: {leaf: tree[name][leaf] for leaf in layer} for name, layer in like.items()
+    }
 
 
 def _is_triple(t: Any) -> bool:
@@ -299,4 +313,5 @@ class _Adam:
         adam_state = self.state._replace(count=self.count, mu=mu, nu=nu)
         inner = (adam_state, *self.opt_state.inner_state[1:])
         return self.opt_state._replace(
-            count=optax.safe_increment(self.opt_state.count), inner_state=inner)
+            count=optax.safe_increment(self.opt_state.count), inner_state=inner
+        )

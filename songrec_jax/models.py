@@ -71,8 +71,9 @@ class EmbeddingBag(nn.Module):
         passes only the rows of the songs in its batch, so that their
         gradient is `[R, features]` rather than the size of the table.
         """
-        table = self.param("embedding", nn.initializers.normal(0.02),
-                           (self.n_songs, self.features))
+        table = self.param(
+            "embedding", nn.initializers.normal(0.02), (self.n_songs, self.features)
+        )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         scores = None
         if self.pooling == "attention":
@@ -111,14 +112,16 @@ class Autoencoder(nn.Module):
         else:
             bag_width = latent_dim * (2 if c.kind == "vae" else 1)
         self.bag = EmbeddingBag(c.n_outputs, bag_width, c.pooling)
-        self.encoder_layers = [nn.Dense(h, name=f"encoder_{i}")
-                               for i, h in enumerate(hidden[1:])]
+        self.encoder_layers = [
+            nn.Dense(h, name=f"encoder_{i}") for i, h in enumerate(hidden[1:])
+        ]
         if hidden:
             self.mean_head = nn.Dense(latent_dim, name="mean")
             if c.kind == "vae":
                 self.logvar_head = nn.Dense(latent_dim, name="logvar")
-        self.decoder_layers = [nn.Dense(h, name=f"decoder_{i}")
-                               for i, h in enumerate(reversed(hidden))]
+        self.decoder_layers = [
+            nn.Dense(h, name=f"decoder_{i}") for i, h in enumerate(reversed(hidden))
+        ]
         self.output = nn.Dense(c.n_outputs, name="output")
 
     def encode(self, x: jax.Array, dropout_key: jax.Array | None = None):
@@ -160,8 +163,12 @@ class Autoencoder(nn.Module):
         return self.decode(mean)
 
 
-def init(config: Config | ModelConfig, *, key: jax.Array,
-         song_popularity: np.ndarray | None = None) -> Params:
+def init(
+    config: Config | ModelConfig,
+    *,
+    key: jax.Array,
+    song_popularity: np.ndarray | None = None,
+) -> Params:
     """Initial parameters (the replacement of building an untrained model).
 
     Args:
@@ -181,8 +188,9 @@ def init(config: Config | ModelConfig, *, key: jax.Array,
     if song_popularity is not None and c.popularity_bias:
         p = np.asarray(song_popularity, np.float64)
         if p.shape != (c.n_songs,):
-            raise InputError(f"song_popularity has shape {p.shape}; expected "
-                             f"({c.n_songs},)")
+            raise InputError(
+                f"song_popularity has shape {p.shape}; expected ({c.n_songs},)"
+            )
         p = np.clip(p, 1e-6, 1 - 1e-6)
         bias = np.zeros(c.n_outputs, np.float32)
         bias[: c.n_songs] = np.log(p) - np.log1p(-p)
@@ -232,8 +240,13 @@ def decode(params: Params, config: Config | ModelConfig, z: jax.Array) -> jax.Ar
     return _decode(params, c, z)
 
 
-def latent(params: Params, config: Config | ModelConfig, x: jax.Array, *,
-           key: jax.Array | None = None) -> jax.Array:
+def latent(
+    params: Params,
+    config: Config | ModelConfig,
+    x: jax.Array,
+    *,
+    key: jax.Array | None = None,
+) -> jax.Array:
     """The latent vector of each history: MLP output; VAE mean, or a sample."""
     mean, logvar = encode(params, config, x)
     if key is None or logvar is None:
@@ -247,8 +260,9 @@ def _forward(params, config, x, key, train):
     dropout_key = z_key = None
     if key is not None:
         dropout_key, z_key = jax.random.split(key)
-    mean, logvar = model.apply(params, x, dropout_key if train else None,
-                               method="encode")
+    mean, logvar = model.apply(
+        params, x, dropout_key if train else None, method="encode"
+    )
     z = mean
     if logvar is not None and z_key is not None:
         z = reparametrize(mean, logvar, key=z_key)
@@ -256,8 +270,14 @@ def _forward(params, config, x, key, train):
     return logits, {"mean": mean, "logvar": logvar}
 
 
-def forward(params: Params, config: Config | ModelConfig, x: jax.Array, *,
-            key: jax.Array | None = None, train: bool = False):
+def forward(
+    params: Params,
+    config: Config | ModelConfig,
+    x: jax.Array,
+    *,
+    key: jax.Array | None = None,
+    train: bool = False,
+):
     """Encodes, samples (VAE, when a key is given) and decodes.
 
     Args:
@@ -286,14 +306,19 @@ def check_inputs(x, config: ModelConfig) -> jax.Array:
         return x
     arr = np.asarray(x)
     if arr.ndim != 2 or arr.shape[1] != config.input_len:
-        raise InputError(f"inputs have shape {arr.shape}; expected [batch, "
-                         f"{config.input_len}] (use to_input to pad histories)")
+        raise InputError(
+            f"inputs have shape {arr.shape}; expected [batch, "
+            f"{config.input_len}] (use to_input to pad histories)"
+        )
     if not np.issubdtype(arr.dtype, np.integer):
-        raise InputError(f"inputs have dtype {arr.dtype}; expected integer song "
-                         "indices")
+        raise InputError(
+            f"inputs have dtype {arr.dtype}; expected integer song indices"
+        )
     if arr.size and (arr.min() < -1 or arr.max() >= config.n_songs):
-        raise InputError(f"inputs hold song indices in [{arr.min()}, {arr.max()}]; "
-                         f"accepted: 0..{config.n_songs - 1}, or -1 for padding")
+        raise InputError(
+            f"inputs hold song indices in [{arr.min()}, {arr.max()}]; "
+            f"accepted: 0..{config.n_songs - 1}, or -1 for padding"
+        )
     return jnp.asarray(arr, jnp.int32)
 
 
@@ -319,18 +344,26 @@ def check_params(params: Params, config: Config | ModelConfig) -> None:
     expected = _param_shapes(c)
     try:
         got = jax.tree_util.tree_map(lambda a: (tuple(a.shape), a.dtype), params)
-        same = jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(
-            expected) and got == expected
+        same = (
+            jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected)
+            and got == expected
+        )
     except (AttributeError, TypeError):
         same = False
     if not same:
         raise InputError(
             f"the parameters do not match the model config (kind={c.kind}, "
             f"n_songs={c.n_songs}, dims={c.dims}, pooling={c.pooling}); pass the "
-            "config they were trained with (checkpointing.load_params returns it)")
+            "config they were trained with (checkpointing.load_params returns it)"
+        )
     finite = jax.tree_util.tree_map(lambda a: bool(jnp.isfinite(a).all()), params)
-    bad = [jax.tree_util.keystr(path) for path, ok in
-           jax.tree_util.tree_flatten_with_path(finite)[0] if not ok]
+    bad = [
+        jax.tree_util.keystr(path)
+        for path, ok in jax.tree_util.tree_flatten_with_path(finite)[0]
+        if not ok
+    ]
     if bad:
-        raise InputError(f"the parameters hold NaN or infinite values in {bad}; "
-                         "the model diverged or the checkpoint is damaged")
+        raise InputError(
+            f"the parameters hold NaN or infinite values in {bad}; "
+            "the model diverged or the checkpoint is damaged"
+        )

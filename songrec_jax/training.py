@@ -159,18 +159,26 @@ def make_splits(data: ListeningData, config: Config) -> Splits:
     keys = _keys(config)
     t = config.train
     train_users, val_users, test_users = splits.split_users(
-        data.n_users, val_fraction=t.val_fraction, test_fraction=t.test_fraction,
-        key=keys["split"])
+        data.n_users,
+        val_fraction=t.val_fraction,
+        test_fraction=t.test_fraction,
+        key=keys["split"],
+    )
     val_target = "rest" if t.target == "all" else t.target
-    val = splits.input_target_split(data, val_users, config.model.input_len,
-                                    key=jax.random.fold_in(keys["target"], 1),
-                                    target=val_target)
+    val = splits.input_target_split(
+        data,
+        val_users,
+        config.model.input_len,
+        key=jax.random.fold_in(keys["target"], 1),
+        target=val_target,
+    )
     train = training_split(data, config, train_users, epoch=0)
     return Splits(train_users, val_users, test_users, train, val)
 
 
-def training_split(data: ListeningData, config: Config, train_users: np.ndarray, *,
-                   epoch: int) -> splits.UserSplit:
+def training_split(
+    data: ListeningData, config: Config, train_users: np.ndarray, *, epoch: int
+) -> splits.UserSplit:
     """The training users' inputs and targets for an epoch.
 
     The same for every epoch unless `config.train.resample`; either way a
@@ -179,27 +187,29 @@ def training_split(data: ListeningData, config: Config, train_users: np.ndarray,
     key = jax.random.fold_in(_keys(config)["target"], 0)
     if config.train.resample and epoch > 0:
         key = jax.random.fold_in(key, epoch + 1)
-    return splits.input_target_split(data, train_users, config.model.input_len,
-                                     key=key, target=config.train.target)
+    return splits.input_target_split(
+        data, train_users, config.model.input_len, key=key, target=config.train.target
+    )
 
 
 def check_data(data: ListeningData, config: Config) -> None:
     if data.n_songs != config.model.n_songs:
         raise ConfigError(
             f"model.n_songs={config.model.n_songs} but the data has {data.n_songs} "
-            "songs; use config_for_data(config, data)")
+            "songs; use config_for_data(config, data)"
+        )
 
 
 def config_for_data(config: Config, data: ListeningData) -> Config:
     """The config with `model.n_songs` set to the data's song count."""
-    return config.replace(model=dataclasses.replace(config.model,
-                                                    n_songs=data.n_songs))
+    return config.replace(model=dataclasses.replace(config.model, n_songs=data.n_songs))
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
     """Adam whose learning rate lives in its state, so restarts can change it."""
     return optax.inject_hyperparams(optax.adam)(
-        learning_rate=config.train.learning_rate)
+        learning_rate=config.train.learning_rate
+    )
 
 
 def _set_lr(opt_state, lr: float):
@@ -238,14 +248,21 @@ def plain_train_step(config: Config, optimizer: optax.GradientTransformation):
 
     def loss_of(params, batch, key, beta):
         logits, aux = models.apply_train(params, model_config, batch["inputs"], key)
-        return losses.loss_fn(config.loss, logits, batch["targets"], **_posterior(aux),
-                              beta=beta, weights=batch["weights"])
+        return losses.loss_fn(
+            config.loss,
+            logits,
+            batch["targets"],
+            **_posterior(aux),
+            beta=beta,
+            weights=batch["weights"],
+        )
 
     def step(state, batch, key, beta):
         grad_fn = jax.value_and_grad(loss_of, has_aux=True)
         (_, parts), grads = grad_fn(state["params"], batch, key, beta)
-        updates, opt_state = optimizer.update(grads, state["opt_state"],
-                                              state["params"])
+        updates, opt_state = optimizer.update(
+            grads, state["opt_state"], state["params"]
+        )
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "opt_state": opt_state}, parts
 
@@ -270,11 +287,18 @@ def make_eval_step(config: Config):
 
     @jax.jit
     def step(params, batch, beta):
-        logits, aux = models._forward(params, model_config, batch["inputs"],
-                                      None, False)
+        logits, aux = models._forward(
+            params, model_config, batch["inputs"], None, False
+        )
         w = batch["weights"]
-        _, parts = losses.loss_fn(config.loss, logits, batch["targets"],
-                                  **_posterior(aux), beta=beta, weights=w)
+        _, parts = losses.loss_fn(
+            config.loss,
+            logits,
+            batch["targets"],
+            **_posterior(aux),
+            beta=beta,
+            weights=w,
+        )
         n = w.sum()
         sums = {name: value * jnp.maximum(n, 1.0) for name, value in parts.items()}
         seen = input_mask(batch["inputs"], model_config.n_outputs)
@@ -296,13 +320,18 @@ def input_mask(inputs: jax.Array, width: int) -> jax.Array:
     return mask.at[rows, jnp.where(inputs >= 0, inputs, width)].set(True, mode="drop")
 
 
-def evaluate_split(params, config: Config, split: splits.UserSplit, *,
-                   beta: float = 1.0, eval_step=None) -> dict[str, float]:
+def evaluate_split(
+    params,
+    config: Config,
+    split: splits.UserSplit,
+    *,
+    beta: float = 1.0,
+    eval_step=None,
+) -> dict[str, float]:
     """Mean loss parts and NDCG@100 of a split (VAE: decoded from the mean)."""
     eval_step = eval_step or make_eval_step(config)
     totals: dict[str, float] = {}
-    for batch in splits.batches(split, config.train.batch_size,
-                                config.model.n_outputs):
+    for batch in splits.batches(split, config.train.batch_size, config.model.n_outputs):
         sums = eval_step(params, batch, jnp.float32(beta))
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + float(value)
@@ -317,10 +346,16 @@ def _copy(tree):
     return jax.tree_util.tree_map(jnp.copy, tree)
 
 
-def train(config: Config, data: ListeningData, *,
-          directory: str | Path | None = None, resume: bool = False,
-          progress: bool = True, callback: Callback | None = None,
-          mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+def train(
+    config: Config,
+    data: ListeningData,
+    *,
+    directory: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callback | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> TrainResult:
     """Trains a model on `data` as described in the module docstring.
 
     Args:
@@ -357,9 +392,11 @@ def train(config: Config, data: ListeningData, *,
     t = config.train
     data_splits = make_splits(data, config)
     if data_splits.train.n_users == 0 or data_splits.val.n_users == 0:
-        raise ConfigError(f"{data_splits.train.n_users} training and "
-                          f"{data_splits.val.n_users} validation users: too few "
-                          "users with at least two songs to train")
+        raise ConfigError(
+            f"{data_splits.train.n_users} training and "
+            f"{data_splits.val.n_users} validation users: too few "
+            "users with at least two songs to train"
+        )
     keys = _keys(config)
     optimizer = make_optimizer(config)
     train_data = data.subset_users(data_splits.train_users)
@@ -368,13 +405,21 @@ def train(config: Config, data: ListeningData, *,
         params = models.init(config, key=keys["init"], song_popularity=popularity)
         init_opt = optimizer.init
     else:
-        params = sharding.init_params(config, mesh, key=keys["init"],
-                                      song_popularity=popularity)
+        params = sharding.init_params(
+            config, mesh, key=keys["init"], song_popularity=popularity
+        )
         init_opt = lambda p: sharding.init_opt_state(optimizer, p, mesh)  # noqa: E731
     opt_state = init_opt(params)
     history = History()
-    loop = {"epoch": 0, "step": 0, "best": None, "patience_left": t.patience,
-            "restarts": 0, "lr": t.learning_rate, "done": False}
+    loop = {
+        "epoch": 0,
+        "step": 0,
+        "best": None,
+        "patience_left": t.patience,
+        "restarts": 0,
+        "lr": t.learning_rate,
+        "done": False,
+    }
     best_params = params
 
     if resume and checkpointing.exists(directory, "latest"):
@@ -382,21 +427,27 @@ def train(config: Config, data: ListeningData, *,
         if stored != config:
             raise CheckpointError(
                 f"the checkpoint in {str(directory)!r} was trained with another "
-                f"config ({stored.name}); requested {config.name}")
+                f"config ({stored.name}); requested {config.name}"
+            )
         meta = checkpointing.load_meta(directory, "latest")
         state = checkpointing.restore_state(
-            directory, {"params": params, "opt_state": opt_state}, kind="latest")
+            directory, {"params": params, "opt_state": opt_state}, kind="latest"
+        )
         params, opt_state = state["params"], state["opt_state"]
         loop, history = meta["loop"], History.from_dict(meta["history"])
         if checkpointing.exists(directory, "best") and mesh is None:
             best_params = checkpointing.load_params(directory, kind="best")[0]
         elif checkpointing.exists(directory, "best"):
-            best_params = sharding.restore_sharded(directory, config, mesh,
-                                                   kind="best")[0]["params"]
+            best_params = sharding.restore_sharded(
+                directory, config, mesh, kind="best"
+            )[0]["params"]
         log.info("resuming %s at epoch %d", directory, loop["epoch"])
     elif directory is not None and checkpointing.exists(directory, "latest"):
-        log.warning("%s already holds checkpoints; they will be replaced "
-                    "(pass resume=True to continue them)", directory)
+        log.warning(
+            "%s already holds checkpoints; they will be replaced "
+            "(pass resume=True to continue them)",
+            directory,
+        )
 
     if mesh is None:
         train_step = make_train_step(config, optimizer)
@@ -412,13 +463,19 @@ def train(config: Config, data: ListeningData, *,
             epoch_key = jax.random.fold_in(keys["batches"], epoch)
             train_split = data_splits.train
             if t.resample and epoch > 0:
-                train_split = training_split(data, config, data_splits.train_users,
-                                             epoch=epoch)
+                train_split = training_split(
+                    data, config, data_splits.train_users, epoch=epoch
+                )
             step_losses = []
-            bar = tqdm(splits.batches(train_split, t.batch_size,
-                                      config.model.n_outputs, key=epoch_key),
-                       total=n_batches, desc=f"epoch {epoch + 1}/{t.epochs}",
-                       disable=not progress, leave=False)
+            bar = tqdm(
+                splits.batches(
+                    train_split, t.batch_size, config.model.n_outputs, key=epoch_key
+                ),
+                total=n_batches,
+                desc=f"epoch {epoch + 1}/{t.epochs}",
+                disable=not progress,
+                leave=False,
+            )
             for batch in bar:
                 beta = losses.beta_at(config.loss, step=loop["step"], epoch=epoch)
                 key = jax.random.fold_in(keys["steps"], loop["step"])
@@ -429,12 +486,15 @@ def train(config: Config, data: ListeningData, *,
                     callback("step", {"epoch": epoch, "step": loop["step"]})
             train_parts = _check_finite(step_losses, epoch, loop["step"] - n_batches)
             beta = float(losses.beta_at(config.loss, step=loop["step"], epoch=epoch))
-            val = evaluate_split(state["params"], config, data_splits.val, beta=beta,
-                                 eval_step=eval_step)
+            val = evaluate_split(
+                state["params"], config, data_splits.val, beta=beta, eval_step=eval_step
+            )
             if not all(math.isfinite(v) for v in val.values()):
-                raise TrainingError(f"validation loss is not finite after epoch "
-                                    f"{epoch + 1}: {val}; the checkpoints keep the "
-                                    "last good epoch")
+                raise TrainingError(
+                    f"validation loss is not finite after epoch "
+                    f"{epoch + 1}: {val}; the checkpoints keep the "
+                    "last good epoch"
+                )
             score = -val["ndcg"] if t.select_by == "ndcg" else val["total"]
             improved = loop["best"] is None or score < loop["best"]
             if improved:
@@ -442,16 +502,35 @@ def train(config: Config, data: ListeningData, *,
                 best_params = _copy(state["params"])
             else:
                 loop["patience_left"] -= 1
-            history.add({"epoch": epoch + 1, "lr": loop["lr"], "improved": improved,
-                         "train": train_parts, "val": val}, loop["patience_left"])
-            log.info("epoch %d: train %.4f, val %.4f, ndcg@%d %.4f%s", epoch + 1,
-                     train_parts["total"], val["total"], NDCG_K, val["ndcg"],
-                     " (best)" if improved else f", patience {loop['patience_left']}")
+            history.add(
+                {
+                    "epoch": epoch + 1,
+                    "lr": loop["lr"],
+                    "improved": improved,
+                    "train": train_parts,
+                    "val": val,
+                },
+                loop["patience_left"],
+            )
+            log.info(
+                "epoch %d: train %.4f, val %.4f, ndcg@%d %.4f%s",
+                epoch + 1,
+                train_parts["total"],
+                val["total"],
+                NDCG_K,
+                val["ndcg"],
+                " (best)" if improved else f", patience {loop['patience_left']}",
+            )
             if improved and directory is not None:
                 with _sigint_deferred():
-                    checkpointing.save(directory, best_params, config,
-                                       step=epoch + 1, history=history.to_dict(),
-                                       kind="best")
+                    checkpointing.save(
+                        directory,
+                        best_params,
+                        config,
+                        step=epoch + 1,
+                        history=history.to_dict(),
+                        kind="best",
+                    )
             if loop["patience_left"] <= 0:
                 if loop["restarts"] >= t.restarts:
                     loop["done"] = True
@@ -460,25 +539,42 @@ def train(config: Config, data: ListeningData, *,
                     loop["lr"] *= t.lr_factor
                     loop["patience_left"] = t.patience
                     params = _copy(best_params)
-                    state = {"params": params,
-                             "opt_state": _set_lr(init_opt(params), loop["lr"])}
+                    state = {
+                        "params": params,
+                        "opt_state": _set_lr(init_opt(params), loop["lr"]),
+                    }
                     history.restart()
-                    log.info("restart %d from the best parameters, learning rate "
-                             "%.3g", loop["restarts"], loop["lr"])
+                    log.info(
+                        "restart %d from the best parameters, learning rate %.3g",
+                        loop["restarts"],
+                        loop["lr"],
+                    )
             loop["epoch"] = epoch + 1
             if directory is not None:
                 with _sigint_deferred():
-                    checkpointing.save(directory, state["params"], config,
-                                       opt_state=state["opt_state"], step=epoch + 1,
-                                       history=history.to_dict(), loop=loop,
-                                       kind="latest")
+                    checkpointing.save(
+                        directory,
+                        state["params"],
+                        config,
+                        opt_state=state["opt_state"],
+                        step=epoch + 1,
+                        history=history.to_dict(),
+                        loop=loop,
+                        kind="latest",
+                    )
             if callback is not None:
                 callback("epoch", {"epoch": epoch + 1, "val": val, "loop": dict(loop)})
     except KeyboardInterrupt:
-        where = (f"the latest checkpoint in {str(directory)!r} holds epoch "
-                 f"{loop['epoch']}; resume with resume=True (songrec train "
-                 "--resume)" if directory is not None else "nothing was saved")
-        raise TrainingInterrupted(f"training interrupted by the user; {where}") from None
+        where = (
+            f"the latest checkpoint in {str(directory)!r} holds epoch "
+            f"{loop['epoch']}; resume with resume=True (songrec train "
+            "--resume)"
+            if directory is not None
+            else "nothing was saved"
+        )
+        raise TrainingInterrupted(
+            f"training interrupted by the user; {where}"
+        ) from None
     return TrainResult(best_params, config, history, data_splits, directory)
 
 
@@ -506,13 +602,15 @@ def _check_finite(step_losses: list[dict], epoch: int, first_step: int) -> dict:
     """Mean of each loss part over the epoch; raises on a non-finite value."""
     if not step_losses:
         return {}
-    stacked = {k: np.asarray(jnp.stack([p[k] for p in step_losses]))
-               for k in step_losses[0]}
+    stacked = {
+        k: np.asarray(jnp.stack([p[k] for p in step_losses])) for k in step_losses[0]
+    }
     bad = ~np.isfinite(stacked["total"])
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise TrainingError(
             f"the loss became {stacked['total'][i]} at epoch {epoch + 1}, step "
             f"{first_step + i + 1}; the checkpoints keep the last good epoch. Try a "
-            "lower learning rate.")
+            "lower learning rate."
+        )
     return {k: float(v.mean()) for k, v in stacked.items()}

@@ -146,8 +146,18 @@ def test_analyze_then_latent_steering_and_sweep(workdir, capsys, monkeypatch):
     assert set(sweep["headline"]) == {"postfilter", "latent", "both"}
     assert sweep["target"] == "dominant"
     assert all(Path(f).stat().st_size > 0 for f in sweep["files"])
-    other = run_json(capsys, "sweep", "--config", "tiny.toml", "--alphas", "0,1",
-                     "--min-users", "1", "--target", "random")
+    other = run_json(
+        capsys,
+        "sweep",
+        "--config",
+        "tiny.toml",
+        "--alphas",
+        "0,1",
+        "--min-users",
+        "1",
+        "--target",
+        "random",
+    )
     assert other["target"] == "random"
     assert all(Path(f).name.startswith("steering_random") for f in other["files"])
     assert all(Path(f).stat().st_size > 0 for f in other["files"])
@@ -158,15 +168,36 @@ def test_recommend_users_file_streams_results(workdir, capsys, monkeypatch):
 
     monkeypatch.chdir(workdir)
     (workdir / "users.txt").write_text("user_000001\nuser_000002\nuser_000005\n")
-    out = run_json(capsys, "recommend", "--config", "tiny.toml", "--users-file",
-                   "users.txt", "--out", "recs", "--k", "4", "--chunk-size", "2")
+    out = run_json(
+        capsys,
+        "recommend",
+        "--config",
+        "tiny.toml",
+        "--users-file",
+        "users.txt",
+        "--out",
+        "recs",
+        "--k",
+        "4",
+        "--chunk-size",
+        "2",
+    )
     assert out["users"] == 3
     recs = read_recommendations(workdir / "recs")
     assert recs.indices.shape == (3, 4)
-    single = run_json(capsys, "recommend", "--config", "tiny.toml", "--user",
-                      "user_000002", "--k", "4")
+    single = run_json(
+        capsys,
+        "recommend",
+        "--config",
+        "tiny.toml",
+        "--user",
+        "user_000002",
+        "--k",
+        "4",
+    )
     assert [s["song"] for s in single["songs"]] == [
-        f"song_{i:06d}" for i in recs.indices[1]]
+        f"song_{i:06d}" for i in recs.indices[1]
+    ]
 
 
 @pytest.mark.parametrize(
@@ -213,8 +244,16 @@ def test_debug_shows_the_traceback(workdir, monkeypatch):
 
 def test_quick_demo_on_real_data(tmp_path, capsys, monkeypatch, lastfm_dir):
     monkeypatch.chdir(tmp_path)
-    out = run_json(capsys, "demo", "--quick", "--data", "lastfm-hetrec",
-                   str(lastfm_dir), "--out", "demo")
+    out = run_json(
+        capsys,
+        "demo",
+        "--quick",
+        "--data",
+        "lastfm-hetrec",
+        str(lastfm_dir),
+        "--out",
+        "demo",
+    )
     assert out["data"]["users"] > 1000
     assert {"input_target", "strong"} == set(out["tables"])
     for row in ("VAE", "MLP", "popularity"):

@@ -372,12 +372,20 @@ def test_headline_on_a_hand_made_result():
 
 def test_random_targets_avoid_each_users_dominant_tag(data, steering_setup):
     params, config, test, tag_latents, _ = steering_setup
-    kwargs = dict(alphas=(0.0, 4.0), k=10, min_users=1, batch_size=8,
-                  methods=("postfilter",), target="random")
-    results = evaluation.steering_study(params, config, data, test, tag_latents,
-                                        key=3, **kwargs)
-    again = evaluation.steering_study(params, config, data, test, tag_latents,
-                                      key=3, **kwargs)
+    kwargs = dict(
+        alphas=(0.0, 4.0),
+        k=10,
+        min_users=1,
+        batch_size=8,
+        methods=("postfilter",),
+        target="random",
+    )
+    results = evaluation.steering_study(
+        params, config, data, test, tag_latents, key=3, **kwargs
+    )
+    again = evaluation.steering_study(
+        params, config, data, test, tag_latents, key=3, **kwargs
+    )
     assert results == again and results["target"] == "random"
     assert sum(results["class_sizes"].values()) == results["n_users"]
     has_mean = np.array([True, False, True, True, True])
@@ -387,8 +395,10 @@ def test_random_targets_avoid_each_users_dominant_tag(data, steering_setup):
     share = results["methods"]["postfilter"]["average"]["tag_share"]
     assert share[1] > share[0]
     with pytest.raises(InputError, match="needs key="):
-        evaluation.steering_study(params, config, data, test, tag_latents,
-                                  target="random")
+        evaluation.steering_study(
+            params, config, data, test, tag_latents, target="random"
+        )
     with pytest.raises(InputError, match="target='liked'"):
-        evaluation.steering_study(params, config, data, test, tag_latents,
-                                  target="liked")
+        evaluation.steering_study(
+            params, config, data, test, tag_latents, target="liked"
+        )

@@ -43,8 +43,9 @@ def run(config, steps=4):
     state = {"params": params, "opt_state": optimizer.init(params)}
     step = training.make_train_step(config, optimizer)
     for i in range(steps):
-        state, parts = step(state, make_batch(i, config), jax.random.key(i),
-                            jnp.float32(0.5))
+        state, parts = step(
+            state, make_batch(i, config), jax.random.key(i), jnp.float32(0.5)
+        )
     return state, parts, step
 
 
@@ -66,11 +67,13 @@ def test_fused_step_matches_the_plain_step(case):
     fused, fused_parts, step = run(make_config("fused", **case))
     assert step._cache_size() == 1
     for name in plain_parts:
-        np.testing.assert_allclose(fused_parts[name], plain_parts[name], rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            fused_parts[name], plain_parts[name], rtol=1e-5, atol=1e-6
+        )
     assert jax.tree_util.tree_structure(fused) == jax.tree_util.tree_structure(plain)
-    for got, want in zip(jax.tree_util.tree_leaves(fused),
-                         jax.tree_util.tree_leaves(plain), strict=True):
+    for got, want in zip(
+        jax.tree_util.tree_leaves(fused), jax.tree_util.tree_leaves(plain), strict=True
+    ):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
 
 
@@ -81,12 +84,17 @@ def test_fused_step_blocks_need_not_divide_the_songs():
     state = {"params": params, "opt_state": optimizer.init(params)}
     batch = make_batch(0, config)
     key, beta = jax.random.key(1), jnp.float32(0.5)
-    whole, _ = jax.jit(fused_step.make_step(config, block=N_SONGS))(state, batch,
-                                                                   key, beta)
-    blocked, _ = jax.jit(fused_step.make_step(config, block=128))(state, batch,
-                                                                  key, beta)
-    for got, want in zip(jax.tree_util.tree_leaves(blocked),
-                         jax.tree_util.tree_leaves(whole), strict=True):
+    whole, _ = jax.jit(fused_step.make_step(config, block=N_SONGS))(
+        state, batch, key, beta
+    )
+    blocked, _ = jax.jit(fused_step.make_step(config, block=128))(
+        state, batch, key, beta
+    )
+    for got, want in zip(
+        jax.tree_util.tree_leaves(blocked),
+        jax.tree_util.tree_leaves(whole),
+        strict=True,
+    ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
@@ -108,22 +116,29 @@ def test_lazy_updates_leave_rows_outside_the_batch_alone():
         assert not np.allclose(new[seen], old[seen])
     # The rest of the model is updated as by the exact step.
     exact, _ = jax.jit(fused_step.make_step(config))(
-        jax.tree_util.tree_map(jnp.asarray, before), batch, jax.random.key(0),
-        jnp.float32(0.5))
-    np.testing.assert_allclose(after["params"]["params"]["output"]["kernel"],
-                               exact["params"]["params"]["output"]["kernel"],
-                               rtol=1e-6)
+        jax.tree_util.tree_map(jnp.asarray, before),
+        batch,
+        jax.random.key(0),
+        jnp.float32(0.5),
+    )
+    np.testing.assert_allclose(
+        after["params"]["params"]["output"]["kernel"],
+        exact["params"]["params"]["output"]["kernel"],
+        rtol=1e-6,
+    )
 
 
 def test_auto_takes_the_fused_step_for_large_catalogues():
     small = make_config("auto")
-    large = small.replace(model=dataclasses.replace(
-        small.model, n_songs=fused_step.AUTO_MIN_SONGS))
+    large = small.replace(
+        model=dataclasses.replace(small.model, n_songs=fused_step.AUTO_MIN_SONGS)
+    )
     assert not training.uses_fused_step(small)
     assert training.uses_fused_step(large)
     assert training.uses_fused_step(make_config("auto", lazy=True))
-    assert not training.uses_fused_step(large.replace(
-        train=dataclasses.replace(large.train, step="plain")))
+    assert not training.uses_fused_step(
+        large.replace(train=dataclasses.replace(large.train, step="plain"))
+    )
 
 
 def test_lazy_updates_need_a_step_that_can_do_them():

@@ -49,5 +49,4 @@ def test_the_python_examples_run(tmp_path, monkeypatch):
     for block in code_blocks("python"):
         exec(compile(block, "README.md", "exec"), scope)
     assert len(scope["top"].indices) == 10 and len(scope["jazz"].indices) == 10
-    assert float(scope["loss"]) > 0 and set(scope["parts"]) == {"recon", "kl",
-                                                                "total"}
+    assert float(scope["loss"]) > 0 and set(scope["parts"]) == {"recon", "kl", "total"}

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from songrec_jax import splits
-from songrec_jax.data import ListeningData
-from songrec_jax.data import from_pairs
+from songrec_jax.data import ListeningData, from_pairs
 from songrec_jax.errors import InputError
 
 FAST = settings(max_examples=30, deadline=None)

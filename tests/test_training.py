@@ -135,8 +135,14 @@ RESUME_SCRIPT = textwrap.dedent("""
 def test_resume_in_another_process_equals_uninterrupted(tmp_path):
     from songrec_jax.config import save_config
 
-    config = make_config(epochs=4, patience=1, restarts=1, learning_rate=0.02,
-                         target="all", resample=True)
+    config = make_config(
+        epochs=4,
+        patience=1,
+        restarts=1,
+        learning_rate=0.02,
+        target="all",
+        resample=True,
+    )
     save_config(config, tmp_path / "c.toml")
     script = tmp_path / "run.py"
     script.write_text(RESUME_SCRIPT)
