@@ -53,6 +53,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.typing import ArrayLike
 from tqdm import tqdm
 
@@ -273,17 +274,58 @@ def _recommend_chunk(
     z, _ = models.encode(params, config, x)
     if steer is not None:
         z = _steer(z, x, steer)
-    logits = models.decode(params, config, z)[:, : config.n_songs]
-    if sigmoid:
-        scores = jax.nn.log_sigmoid(logits)
-    else:
-        scores = jax.nn.log_softmax(logits, axis=-1)
+    logits = models.decode(params, config, z)
+    if sigmoid and log_multipliers is not None:
+        # log_sigmoid(logits) + log_multipliers is not monotone in
+        # logits + log_multipliers: rank the scores of every song.
+        scores = jax.nn.log_sigmoid(logits[:, : config.n_songs]) + log_multipliers
+        return _top_k_of_scores(scores, x, k, exclude_seen)
+    return _top_k_of_logits(logits, x, log_multipliers, config, k, sigmoid,
+                            exclude_seen)
+
+
+def _top_k_of_logits(logits, x, log_multipliers, config, k, sigmoid, exclude_seen):
+    """Top k by a score that is a monotone function of each song's logit.
+
+    The log-probability (`log_softmax`, or `log_sigmoid` for sigmoid
+    models) plus the post-filter's log multiplier orders songs as the logit
+    plus that multiplier does, so the ranking needs no pass of `exp` or
+    `log` over every song: `lax.top_k` takes the best `k + input_len`
+    logits, the seen and padded songs among them are dropped, and only the
+    `k` kept are turned into log-probabilities. With at most `input_len`
+    seen songs, the `k` best unseen songs are always among the candidates.
+    Equal keys go to the lower song id, as in `metrics.top_k`.
+    """
+    n_songs, n_outputs = config.n_songs, config.n_outputs
+    keys = logits
     if log_multipliers is not None:
-        scores = scores + log_multipliers
+        padding = jnp.zeros(n_outputs - n_songs, log_multipliers.dtype)
+        keys = logits + jnp.concatenate([log_multipliers, padding])
+    n_seen = x.shape[1] if exclude_seen else 0
+    values, indices = lax.top_k(keys, min(k + n_seen, n_outputs))
+    drop = indices >= n_songs
+    if exclude_seen:
+        seen = (indices[:, :, None] == x[:, None, :]).any(axis=-1)
+        drop = drop | seen
+    # The candidates come sorted, so the first k kept keep their order.
+    values, position = lax.top_k(jnp.where(drop, -jnp.inf, values), k)
+    indices = jnp.take_along_axis(indices, position, axis=1)
+    if sigmoid:
+        scores = jax.nn.log_sigmoid(values)
+    else:
+        real = jnp.arange(n_outputs) < n_songs
+        normaliser = jax.nn.logsumexp(logits, axis=-1, where=real, keepdims=True)
+        scores = values - normaliser
+    found = values > -jnp.inf
+    return jnp.where(found, indices, -1), jnp.where(found, scores, -jnp.inf)
+
+
+def _top_k_of_scores(scores, x, k, exclude_seen):
+    """Top k of per-song scores `[B, n_songs]`, seen songs excluded."""
     exclude = None
     if exclude_seen:
         rows = jnp.arange(x.shape[0])[:, None]
-        songs = jnp.where(x >= 0, x, config.n_songs)  # padding -> dropped
+        songs = jnp.where(x >= 0, x, scores.shape[1])  # padding -> dropped
         exclude = jnp.zeros(scores.shape, bool)
         exclude = exclude.at[rows, songs].set(True, mode="drop")
     indices, values = metrics.top_k(scores, k, exclude=exclude)

@@ -216,6 +216,27 @@ def test_postfilter_multiplies_each_probability_by_its_factor(params, inputs, da
     )
 
 
+def test_postfilter_of_a_sigmoid_model_ranks_the_reweighted_probabilities(
+    params, inputs, data
+):
+    # log_sigmoid(logit) + log(multiplier) does not order songs as
+    # logit + log(multiplier) does: the ranking must use the former.
+    config = Config(model=CONFIG, loss=LossConfig(name="bce"))
+    alpha = 2.0
+    steered = recommend.recommend(
+        params, config, inputs, k=K, tags=TAGS, alpha=alpha, data=data
+    )
+    logits = logits_of(params, inputs)[:, :N_SONGS].astype(np.float64)
+    scores = -np.logaddexp(0.0, -logits) + np.log(
+        reference_multipliers(data, TAGS, alpha)
+    )
+    expected = reference_top_k(scores, seen_mask(inputs), K)
+    np.testing.assert_array_equal(steered.indices, expected)
+    np.testing.assert_allclose(
+        steered.scores, np.take_along_axis(scores, expected, 1), rtol=1e-5
+    )
+
+
 def test_latent_steering_moves_z_by_alpha_times_the_tag_offset(
     params, inputs, data, tag_latents
 ):
