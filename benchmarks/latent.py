@@ -59,7 +59,9 @@ def main(argv=None) -> int:
         data, np.arange(data.n_users), args.input_len, key=1
     )
     config = ModelConfig(
-        kind=args.kind, n_songs=data.n_songs, input_len=args.input_len,
+        kind=args.kind,
+        n_songs=data.n_songs,
+        input_len=args.input_len,
         dims=tuple(args.dims),
     )
     params = jax.block_until_ready(models.init(config, key=jax.random.key(0)))
@@ -102,8 +104,12 @@ def main(argv=None) -> int:
     loop_means, _ = latent.tag_latent_means(z[:n_loop], dominant[:n_loop], data.n_tags)
     used = loop_counts > 0
     agree = bool(
-        np.allclose(loop_sums[used] / loop_counts[used, None], loop_means[used],
-                    rtol=1e-4, atol=1e-6)
+        np.allclose(
+            loop_sums[used] / loop_counts[used, None],
+            loop_means[used],
+            rtol=1e-4,
+            atol=1e-6,
+        )
     )
 
     report = {

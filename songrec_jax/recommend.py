@@ -267,10 +267,28 @@ def _steer(z: jax.Array, x: jax.Array, steer: dict[str, jax.Array]) -> jax.Array
 # The jitted kernel.
 
 
-@functools.partial(jax.jit, static_argnames=("config", "k", "sigmoid", "exclude_seen"))
+@functools.partial(
+    jax.jit,
+    static_argnames=("config", "k", "sigmoid", "exclude_seen", "normalize", "plain"),
+)
 def _recommend_chunk(
-    params, x, log_multipliers, steer, *, config, k, sigmoid, exclude_seen
+    params,
+    x,
+    log_multipliers,
+    steer,
+    *,
+    config,
+    k,
+    sigmoid,
+    exclude_seen,
+    normalize=True,
+    plain=False,
 ):
+    """`(indices, scores, exact)` of one chunk; see `recommend`.
+
+    `exact` is False when `metrics.grouped_top_k` may have ordered equal
+    scores otherwise than `lax.top_k`; `plain=True` then ranks whole rows.
+    """
     z, _ = models.encode(params, config, x)
     if steer is not None:
         z = _steer(z, x, steer)
@@ -279,45 +297,52 @@ def _recommend_chunk(
         # log_sigmoid(logits) + log_multipliers is not monotone in
         # logits + log_multipliers: rank the scores of every song.
         scores = jax.nn.log_sigmoid(logits[:, : config.n_songs]) + log_multipliers
-        return _top_k_of_scores(scores, x, k, exclude_seen)
-    return _top_k_of_logits(logits, x, log_multipliers, config, k, sigmoid,
-                            exclude_seen)
+        indices, values = _top_k_of_scores(scores, x, k, exclude_seen)
+        return indices, values, jnp.bool_(True)
+    return _top_k_of_logits(
+        logits, x, log_multipliers, config, k, sigmoid, exclude_seen, normalize, plain
+    )
 
 
-def _top_k_of_logits(logits, x, log_multipliers, config, k, sigmoid, exclude_seen):
+def _top_k_of_logits(
+    logits, x, log_multipliers, config, k, sigmoid, exclude_seen, normalize, plain
+):
     """Top k by a score that is a monotone function of each song's logit.
 
     The log-probability (`log_softmax`, or `log_sigmoid` for sigmoid
     models) plus the post-filter's log multiplier orders songs as the logit
-    plus that multiplier does, so the ranking needs no pass of `exp` or
-    `log` over every song: `lax.top_k` takes the best `k + input_len`
-    logits, the seen and padded songs among them are dropped, and only the
-    `k` kept are turned into log-probabilities. With at most `input_len`
-    seen songs, the `k` best unseen songs are always among the candidates.
-    Equal keys go to the lower song id, as in `metrics.top_k`.
+    plus that multiplier does, so the ranking needs no `exp` or `log` of
+    every song: `metrics.grouped_top_k` finds the best `k` unseen songs (or
+    `lax.top_k` when `plain`, after setting the seen songs' keys to -inf),
+    and only those are turned into log-probabilities. Equal keys go to the
+    lower song id.
     """
     n_songs, n_outputs = config.n_songs, config.n_outputs
     keys = logits
     if log_multipliers is not None:
         padding = jnp.zeros(n_outputs - n_songs, log_multipliers.dtype)
         keys = logits + jnp.concatenate([log_multipliers, padding])
-    n_seen = x.shape[1] if exclude_seen else 0
-    values, indices = lax.top_k(keys, min(k + n_seen, n_outputs))
-    drop = indices >= n_songs
-    if exclude_seen:
-        seen = (indices[:, :, None] == x[:, None, :]).any(axis=-1)
-        drop = drop | seen
-    # The candidates come sorted, so the first k kept keep their order.
-    values, position = lax.top_k(jnp.where(drop, -jnp.inf, values), k)
-    indices = jnp.take_along_axis(indices, position, axis=1)
+    if plain:
+        if exclude_seen:
+            rows = jnp.arange(x.shape[0])[:, None]
+            songs = jnp.where(x >= 0, x, n_outputs)  # padding -> dropped
+            keys = keys.at[rows, songs].set(-jnp.inf, mode="drop")
+        values, indices = lax.top_k(keys, k)
+        exact = jnp.bool_(True)
+    else:
+        values, indices, exact = metrics.grouped_top_k(
+            keys, k, exclude=x if exclude_seen else None
+        )
     if sigmoid:
         scores = jax.nn.log_sigmoid(values)
+    elif normalize:  # padded songs have logit MASKED_LOGIT: probability 0
+        scores = values - metrics.logsumexp(logits)
     else:
-        real = jnp.arange(n_outputs) < n_songs
-        normaliser = jax.nn.logsumexp(logits, axis=-1, where=real, keepdims=True)
-        scores = values - normaliser
-    found = values > -jnp.inf
-    return jnp.where(found, indices, -1), jnp.where(found, scores, -jnp.inf)
+        scores = values
+    # Seen songs (-inf) and padded songs fill only slots nothing else could.
+    found = (values > -jnp.inf) & (indices < n_songs)
+    indices = jnp.where(found, indices, -1).astype(jnp.int32)
+    return indices, jnp.where(found, scores, -jnp.inf), exact
 
 
 def _top_k_of_scores(scores, x, k, exclude_seen):
@@ -349,6 +374,7 @@ def recommend(
     tag_latents: latent.TagLatents | None = None,
     factor: float = 1.0,
     probabilities: str | None = None,
+    normalize: bool = True,
     progress: bool = False,
 ) -> Recommendations:
     """The `k` best songs for each user, optionally steered towards tags.
@@ -375,6 +401,11 @@ def recommend(
       factor: "both" post-filters with strength `alpha * factor` (>= 0).
       probabilities: "softmax" or "sigmoid" to override what `config`
         implies.
+      normalize: softmax scores are log-probabilities (the default). False
+        returns `logits + log(multiplier)` instead: the same ranking
+        without the softmax normaliser, which costs an `exp` of every song
+        (about a sixth of the time at 180,000 songs on a CPU). No effect on
+        sigmoid scores.
       progress: show a progress bar over chunks.
 
     Returns:
@@ -432,12 +463,15 @@ def recommend(
         k=k,
         sigmoid=sigmoid,
         exclude_seen=bool(exclude_seen),
+        normalize=bool(normalize),
     )
     for start, chunk, size in tqdm(
         list(latent._chunks(n, batch_size)), desc="recommend", disable=not progress
     ):
         block = latent._pad_rows(x[start : start + size], chunk)
-        top, values = kernel(params, block, log_multipliers, steer)
+        top, values, exact = kernel(params, block, log_multipliers, steer)
+        if not exact:  # equal scores at the cut: rank whole rows
+            top, values, _ = kernel(params, block, log_multipliers, steer, plain=True)
         indices[start : start + size] = np.asarray(top[:size])
         scores[start : start + size] = np.asarray(values[:size])
     return Recommendations(indices, scores)

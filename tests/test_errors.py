@@ -99,6 +99,18 @@ def test_non_finite_parameters_are_refused():
         latent.user_latents(broken, CONFIG, X)
 
 
+def test_finite_parameters_are_checked_once_and_mutable_ones_every_time():
+    from songrec_jax import models
+
+    recommend.recommend(PARAMS, CONFIG, X, k=5)  # checked and remembered
+    assert models._known_finite(jax.tree_util.tree_leaves(PARAMS))
+    as_numpy = jax.tree_util.tree_map(np.array, PARAMS)
+    recommend.recommend(as_numpy, CONFIG, X, k=5)
+    as_numpy["params"]["output"]["kernel"][0, 0] = np.inf  # changed in place
+    with pytest.raises(InputError, match="NaN or infinite"):
+        recommend.recommend(as_numpy, CONFIG, X, k=5)
+
+
 def test_parameters_of_another_config_are_refused():
     other = Config(model=ModelConfig(kind="vae", n_songs=60, input_len=8, dims=(16, 5)))
     with pytest.raises(InputError, match="do not match the model config"):

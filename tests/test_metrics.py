@@ -412,3 +412,53 @@ def test_latent_distance_rejects_bad_shapes():
         metrics.latent_distance(z, np.zeros(3), np.ones((2, 3)))
     with pytest.raises(InputError, match="z must be"):
         metrics.latent_distance(z[0], np.zeros(3))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    k=st.integers(1, 6),
+    n=st.integers(3000, 6000),
+    levels=st.sampled_from([3, 50, 0]),
+    seed=st.integers(0, 2**16),
+)
+def test_grouped_top_k_equals_lax_top_k_unless_it_says_so(k, n, levels, seed):
+    assert metrics._group_width(n, k + 4) is not None  # the grouped passes
+    rng = np.random.default_rng(seed)
+    # Few distinct levels make many ties, also across groups; 0: continuous.
+    if levels:
+        scores = rng.integers(0, levels, (5, n)).astype(np.float32)
+    else:
+        scores = rng.normal(size=(5, n)).astype(np.float32)
+    scores[0, rng.integers(0, n, n // 2)] = -np.inf
+    # Songs to exclude: the best ones of some rows, padding (-1) elsewhere.
+    exclude = np.full((5, 4), -1, np.int32)
+    exclude[2:] = np.argsort(-scores[2:], axis=1)[:, [0, 2, 5, 9]]
+    exclude[3, 1] = n + 7  # out of range: ignored
+    masked = scores.copy()
+    for row, songs in enumerate(exclude):
+        masked[row, songs[(songs >= 0) & (songs < n)]] = -np.inf
+    want_values, want_indices = jax.lax.top_k(masked, k)
+    values, indices, exact = jax.jit(metrics.grouped_top_k, static_argnums=1)(
+        scores, k, exclude
+    )
+    assert indices.dtype == jnp.int32
+    np.testing.assert_array_equal(values, want_values)
+    np.testing.assert_array_equal(np.take_along_axis(masked, indices, 1), values)
+    assert len(np.unique(indices[0])) == k
+    if exact:
+        np.testing.assert_array_equal(indices, want_indices)
+    else:  # equal scores may have been taken from other songs
+        assert levels
+    # top_k falls back to whole rows when needed: always lax.top_k's order.
+    top, top_values = metrics.top_k(masked, k)
+    np.testing.assert_array_equal(top, want_indices)
+    np.testing.assert_array_equal(top_values, want_values)
+
+
+def test_grouped_top_k_is_exact_on_continuous_scores():
+    scores = np.random.default_rng(0).normal(size=(4, 40_000)).astype(np.float32)
+    text = jax.jit(metrics.grouped_top_k, static_argnums=1).lower(scores, 10).as_text()
+    assert "reduce_window" in text  # the grouped pass, not lax.top_k alone
+    values, indices, exact = metrics.grouped_top_k(scores, 10)
+    assert exact
+    np.testing.assert_array_equal(indices, np.argsort(-scores, 1)[:, :10])

@@ -117,6 +117,50 @@ def test_sigmoid_losses_score_log_sigmoid(params, inputs):
     assert recommend.probability_kind(config, "softmax") == "softmax"
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_large_catalogues_rank_exactly_ties_included(tied, monkeypatch):
+    # Enough songs for the grouped top-k; tied: groups of songs with equal
+    # logits, so that equal scores straddle the cut and force whole rows.
+    config = ModelConfig(kind="mlp", n_songs=7000, input_len=20, dims=(8,),
+                         song_multiple=64)  # fmt: skip
+    rng = np.random.default_rng(0)
+    popularity = rng.uniform(0.01, 0.5, 7000)  # distinct biases, no ties
+    params = models.init(config, key=jax.random.key(1), song_popularity=popularity)
+    if tied:
+        output = params["params"]["output"]
+        columns = np.arange(config.n_outputs) % 7  # every group holds the best
+        output["kernel"] = output["kernel"][:, columns]
+        output["bias"] = output["bias"][columns]
+    x = np.stack([
+        splits.to_input(rng.choice(7000, 15, replace=False), 20) for _ in range(33)
+    ])  # fmt: skip
+    plain = []
+    kernel = recommend._recommend_chunk
+
+    def spy(*args, **kwargs):
+        plain.append(kwargs.get("plain", False))
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(recommend, "_recommend_chunk", spy)
+    result = recommend.recommend(params, config, x, k=10, batch_size=16)
+    # Whole rows are ranked again only when equal scores straddle the cut.
+    assert plain == ([False, True] * 3 if tied else [False] * 3)
+    mean, _ = models.encode(params, config, x)
+    logits = np.asarray(models.decode(params, config, mean))[:, :7000]
+    seen = np.zeros_like(logits, bool)
+    np.put_along_axis(seen, np.maximum(x, 0), x >= 0, axis=1)
+    expected = np.argsort(-np.where(seen, -np.inf, logits), 1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(result.indices, expected)
+    raw = recommend.recommend(params, config, x, k=10, batch_size=16, normalize=False)
+    np.testing.assert_array_equal(raw.indices, expected)
+    np.testing.assert_allclose(raw.scores, np.take_along_axis(logits, expected, 1),
+                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        result.scores, raw.scores - jax.nn.logsumexp(logits, 1, keepdims=True),
+        rtol=1e-5,
+    )  # fmt: skip
+
+
 def test_chunking_changes_nothing_and_compiles_once(params, inputs):
     before = recommend._recommend_chunk._cache_size()
     small = recommend.recommend(params, CONFIG, inputs, k=K + 1, batch_size=7)
