@@ -1,35 +1,26 @@
-"""A training step that never builds the dense gradients of the song-sized layers.
+"""A training step that never builds the dense gradient of the embedding table.
 
-The step of `training.make_train_step` computes the gradient of every
-parameter with `jax.grad` and hands it to Adam. With a large catalogue
-two parameters dominate: the embedding table `[n_outputs, d]` and the
-output kernel `[d, n_outputs]`. Their dense gradients are two temporary
-arrays of the size of the tables, and Adam then reads and writes every
-element of both several times. On a CPU each fresh temporary costs a page
-fault per 4 KiB, so building them can take longer than the arithmetic.
+The step of `training.plain_train_step` computes the gradient of every
+parameter with `jax.grad` and hands it to Adam. The gradient of the
+embedding table `[n_outputs, d]` is zero outside the rows of the songs in
+the batch, yet `jax.grad` builds it whole: a fresh table-sized array,
+zeroed, then scattered into, then read by Adam, every step.
 
-This step computes the same update without them:
+This step computes the same update without it. The batch's distinct
+songs (at most `batch * input_len`) are gathered into a small table of
+rows, the model runs on those rows, and their gradient is `[rows, d]`.
+Adam then scales every row's moments (a row without gradient only
+decays, as in the dense update) and adds the gradient's share to the
+rows present. Everything else, the output layer included, is updated by
+Adam from its dense gradient, element by element as `optax.adam` does,
+so the parameters agree with the plain step's to float32 rounding.
 
-* Embedding table (and the attention scores): the batch looks up only
-  the rows of the songs it contains. Those rows (at most `batch *
-  input_len`, de-duplicated) are gathered once, the model runs on them,
-  and the gradient is a small `[rows, d]` array. Adam then scales all
-  moments in place and adds the gradient's share to the rows present,
-  which is exactly the dense update (a row without gradient only decays).
-* Output kernel: the gradient is `hidden.T @ dlogits`. It is computed a
-  block of songs at a time inside the loop that applies Adam to that
-  block, so each block is used while it is in cache and the full gradient
-  never exists.
-
-The arithmetic is that of `optax.adam`, element by element; only the
-order of some float32 sums may differ (blocked matrix products), so the
-parameters agree with the `jax.grad` step to float32 rounding.
-
-`lazy=True` gives the opt-in "lazy Adam" of `TrainConfig.lazy_embedding_updates`:
-the rows of the embedding table (and attention scores) that are not in the
-batch are left alone, moments included, instead of decaying. It changes
-what is learned slightly (it is not Adam for those rows) and removes the
-last passes over the whole table.
+`lazy=True` gives the opt-in "lazy Adam" of
+`TrainConfig.lazy_embedding_updates`: the rows of the embedding table (and
+attention scores) that are not in the batch are left alone, moments
+included, instead of decaying. It changes what is learned slightly (it is
+not Adam for those rows) and removes the step's passes over the whole
+table.
 """
 
 from __future__ import annotations
@@ -40,16 +31,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 
 from songrec_jax import losses, models
 from songrec_jax.config import Config
+from songrec_jax.errors import ConfigError
 
 ROW_SPARSE = ("embedding", "attention")
 """Parameters of the embedding bag looked up by song, updated row-sparsely."""
-
-OUTPUT_BLOCK = 2048
-"""Songs per block of the output layer's fused gradient and Adam update."""
 
 AUTO_MIN_SONGS = 20_000
 """From this many songs on, `TrainConfig.step = "auto"` takes the fused step."""
@@ -57,16 +45,16 @@ AUTO_MIN_SONGS = 20_000
 Step = Callable[..., tuple[dict, dict]]
 
 
-def make_step(config: Config, *, lazy: bool = False, block: int = OUTPUT_BLOCK) -> Step:
+def make_step(config: Config, *, lazy: bool = False) -> Step:
     """The pure `step(state, batch, key, beta) -> (state, metrics)`.
 
-    Same contract as `training.make_train_step` (not jitted here); the
-    optimizer state must be that of `optax.inject_hyperparams(optax.adam)`.
+    Same contract as `training.plain_train_step` (not jitted here); the
+    optimizer state must be that of `training.make_optimizer`
+    (`optax.inject_hyperparams(optax.adam)`).
 
     Args:
       config: the run's config.
       lazy: update only the embedding rows of the batch (lazy Adam).
-      block: songs per block of the output layer's update.
 
     Returns:
       The step function.
@@ -74,38 +62,27 @@ def make_step(config: Config, *, lazy: bool = False, block: int = OUTPUT_BLOCK) 
     c = config.model
     model = models.Autoencoder(c)
 
-    def hidden(module, x, key):
-        # `models._forward` with train=True, stopped before the output layer.
+    def forward(module, x, key):
+        # `models._forward` with train=True.
         dropout_key, z_key = jax.random.split(key)
         mean, logvar = module.encode(x, dropout_key)
         z = mean if logvar is None else models.reparametrize(mean, logvar, key=z_key)
-        h = z
-        for layer in module.decoder_layers:
-            h = jnp.tanh(layer(h))
-        return h, mean, logvar
+        return module.decode(z), mean, logvar
 
     def step(state, batch, key, beta):
         params = state["params"]["params"]
-        x = batch["inputs"]
-        ids, x_local = _unique_rows(x, c.n_outputs)
+        ids, x_local = _unique_rows(batch["inputs"], c.n_outputs)
         bag = params["bag"]
         sparse = {name: bag[name] for name in ROW_SPARSE if name in bag}
         rows = {
             name: table.at[ids].get(mode="fill", fill_value=0)
             for name, table in sparse.items()
         }
-        kernel = params["output"]["kernel"]
-        dense = _without(params, sparse, kernel)
+        dense = _without(params, sparse)
 
-        def body(dense, rows):
-            full = _with(dense, sparse, kernel)
-            variables = {"params": full, "rows": {"bag": rows}}
-            return model.apply(variables, x_local, key, method=hidden)
-
-        (h, mean, logvar), body_vjp = jax.vjp(body, dense, rows)
-        logits = _output(h, kernel, dense["output"]["bias"], c)
-
-        def loss_of(logits, mean, logvar):
+        def loss_of(dense, rows):
+            variables = {"params": _with(dense, sparse), "rows": {"bag": rows}}
+            logits, mean, logvar = model.apply(variables, x_local, key, method=forward)
             posterior = {} if logvar is None else {"mean": mean, "logvar": logvar}
             return losses.loss_fn(
                 config.loss,
@@ -116,40 +93,26 @@ def make_step(config: Config, *, lazy: bool = False, block: int = OUTPUT_BLOCK) 
                 weights=batch["weights"],
             )
 
-        _, loss_vjp, parts = jax.vjp(loss_of, logits, mean, logvar, has_aux=True)
-        dlogits, dmean, dlogvar = loss_vjp(jnp.ones((), jnp.float32))
-        if c.n_outputs > c.n_songs:
-            dlogits = jnp.where(jnp.arange(c.n_outputs) < c.n_songs, dlogits, 0.0)
-        opt_state = state["opt_state"]
-        adam = _Adam(opt_state)
-        mu, nu = adam.state.mu["params"], adam.state.nu["params"]
-        # One pass over the output kernel: the gradient of `h` reads each
-        # block before Adam overwrites it in place.
-        new_kernel, kernel_mu, kernel_nu, dh = adam.output_kernel(
-            h, dlogits, kernel, mu["output"]["kernel"], nu["output"]["kernel"], block
-        )
-        grads, row_grads = body_vjp((dh, dmean, dlogvar))
-        grads["output"]["bias"] = jnp.sum(dlogits, axis=0)
+        grad_fn = jax.grad(loss_of, argnums=(0, 1), has_aux=True)
+        (grads, row_grads), parts = grad_fn(dense, rows)
 
-        flat = jax.tree_util.tree_map(
-            adam.dense, grads, dense, _sub(mu, dense), _sub(nu, dense)
+        adam = _Adam(state["opt_state"])
+        mu, nu = adam.state.mu["params"], adam.state.nu["params"]
+        triples = jax.tree_util.tree_map(
+            adam.dense, grads, dense, _like(mu, dense), _like(nu, dense)
         )
-        new_dense = jax.tree_util.tree_map(lambda t: t[0], flat, is_leaf=_is_triple)
-        new_mu = jax.tree_util.tree_map(lambda t: t[1], flat, is_leaf=_is_triple)
-        new_nu = jax.tree_util.tree_map(lambda t: t[2], flat, is_leaf=_is_triple)
-        new_dense["output"]["kernel"] = new_kernel
-        new_mu["output"]["kernel"] = kernel_mu
-        new_nu["output"]["kernel"] = kernel_nu
+        new_params = jax.tree_util.tree_map(lambda t: t[0], triples, is_leaf=_triple)
+        new_mu = jax.tree_util.tree_map(lambda t: t[1], triples, is_leaf=_triple)
+        new_nu = jax.tree_util.tree_map(lambda t: t[2], triples, is_leaf=_triple)
         update_rows = adam.lazy_rows if lazy else adam.rows
         for name, table in sparse.items():
-            new_dense["bag"][name], new_mu["bag"][name], new_nu["bag"][name] = (
+            new_params["bag"][name], new_mu["bag"][name], new_nu["bag"][name] = (
                 update_rows(
                     ids, row_grads[name], table, mu["bag"][name], nu["bag"][name]
                 )
             )
-
         new_state = {
-            "params": {"params": new_dense},
+            "params": {"params": new_params},
             "opt_state": adam.new_state({"params": new_mu}, {"params": new_nu}),
         }
         return new_state, parts
@@ -177,41 +140,29 @@ def _unique_rows(x: jax.Array, n_rows: int) -> tuple[jax.Array, jax.Array]:
     return ids.astype(jnp.int32), x_local.astype(jnp.int32)
 
 
-def _without(params: dict, sparse: dict, kernel: jax.Array) -> dict:
-    """A copy of the parameter dict without the row-sparse leaves and kernel."""
+def _without(params: dict, sparse: dict) -> dict:
+    """A copy of the parameter dict without the row-sparse leaves."""
     dense = {name: dict(layer) for name, layer in params.items()}
     for name in sparse:
         del dense["bag"][name]
-    del dense["output"]["kernel"]
     return dense
 
 
-def _with(dense: dict, sparse: dict, kernel: jax.Array) -> dict:
+def _with(dense: dict, sparse: dict) -> dict:
     full = {name: dict(layer) for name, layer in dense.items()}
     full["bag"].update(sparse)
-    full["output"]["kernel"] = kernel
     return full
 
 
-def _sub(tree: dict, like: dict) -> dict:
+def _like(tree: dict, like: dict) -> dict:
     """The leaves of `tree` at the paths of `like`."""
     return {
         name: {leaf: tree[name][leaf] for leaf in layer} for name, layer in like.items()
     }
 
 
-def _is_triple(t: Any) -> bool:
+def _triple(t: Any) -> bool:
     return isinstance(t, tuple) and len(t) == 3
-
-
-def _output(h: jax.Array, kernel: jax.Array, bias: jax.Array, c) -> jax.Array:
-    """The output layer of `models.Autoencoder.decode` (padded songs masked)."""
-    logits = lax.dot_general(h, kernel, (((1,), (0,)), ((), ())))
-    logits = logits + bias.reshape(1, -1)
-    if c.n_outputs > c.n_songs:
-        real = jnp.arange(c.n_outputs) < c.n_songs
-        logits = jnp.where(real, logits, models.MASKED_LOGIT)
-    return logits
 
 
 # ----------------------------------------------------------------------------
@@ -222,14 +173,22 @@ class _Adam:
     """The update of one step, given the optimizer state before it."""
 
     def __init__(self, opt_state):
+        try:
+            self.state = opt_state.inner_state[0]
+            hyper = opt_state.hyperparams
+            self.lr = jnp.asarray(hyper["learning_rate"], jnp.float32)
+            self.b1 = jnp.asarray(hyper["b1"], jnp.float32)
+            self.b2 = jnp.asarray(hyper["b2"], jnp.float32)
+            self.eps = jnp.asarray(hyper["eps"], jnp.float32)
+            self.eps_root = jnp.asarray(hyper["eps_root"], jnp.float32)
+            self.state.mu, self.state.nu  # noqa: B018 (Adam's moments)
+        except (AttributeError, KeyError, IndexError, TypeError):
+            raise ConfigError(
+                "the fused training step needs the optimizer state of "
+                "training.make_optimizer (optax.inject_hyperparams(optax.adam)); "
+                "use train.step='plain' with another optimizer"
+            ) from None
         self.opt_state = opt_state
-        self.state = opt_state.inner_state[0]
-        hyper = opt_state.hyperparams
-        self.lr = jnp.asarray(hyper["learning_rate"], jnp.float32)
-        self.b1 = jnp.asarray(hyper["b1"], jnp.float32)
-        self.b2 = jnp.asarray(hyper["b2"], jnp.float32)
-        self.eps = jnp.asarray(hyper["eps"], jnp.float32)
-        self.eps_root = jnp.asarray(hyper["eps_root"], jnp.float32)
         self.count = optax.safe_increment(self.state.count)
         self.bias1 = 1 - self.b1**self.count
         self.bias2 = 1 - self.b2**self.count
@@ -244,51 +203,15 @@ class _Adam:
         """`p` moved by the update of the (already updated) moments."""
         m_hat = m / self.bias1.astype(m.dtype)
         v_hat = v / self.bias2.astype(v.dtype)
-        update = (-1 * self.lr) * (m_hat / (jnp.sqrt(v_hat + self.eps_root) + self.eps))
+        update = (-1 * self.lr) * (
+            m_hat / (jnp.sqrt(v_hat + self.eps_root) + self.eps)
+        )
         return jnp.asarray(p + update).astype(p.dtype)
 
     def dense(self, g, p, m, v):
         m = self.first(g, m)
         v = self.second(g, v)
         return self.apply(p, m, v), m, v
-
-    def output_kernel(self, h, dlogits, p, m, v, block):
-        """Adam on the output kernel `p [d, n]`.
-
-        One loop over blocks of songs computes each block's gradient
-        `h.T @ dlogits[:, block]`, updates the moments of the block in
-        place, and accumulates the gradient of the layer's input, `dlogits
-        @ p.T`, from the same blocks; one pass then moves `p`. Only the loop
-        reads `p`, and the pass depends on the loop, so XLA updates `p`, `m`
-        and `v` in place (a read of `p` it could not order before the
-        overwrite would make it copy the whole kernel).
-
-        Returns:
-          `(p, m, v, dh [batch, d])`.
-        """
-        n = p.shape[1]
-        block = min(block, n)
-
-        def update(i, carry):
-            m, v, dh = carry
-            # The last block ends at `n` and overlaps the one before it;
-            # `fresh` marks the songs no earlier block has covered.
-            start = jnp.minimum(i * block, n - block)
-            fresh = start + jnp.arange(block) >= i * block
-            piece = lambda a: lax.dynamic_slice_in_dim(a, start, block, axis=1)  # noqa: E731
-            put = lambda a, b: lax.dynamic_update_slice_in_dim(a, b, start, axis=1)  # noqa: E731
-            dl = jnp.where(fresh, piece(dlogits), 0.0)
-            dh = dh + lax.dot_general(dl, piece(p), (((1,), (1,)), ((), ())))
-            g = lax.dot_general(h, dl, (((0,), (0,)), ((), ())))
-            # Each moment is read and written at the same block in one
-            # expression, so XLA updates it in place.
-            m = put(m, jnp.where(fresh, self.first(g, piece(m)), piece(m)))
-            v = put(v, jnp.where(fresh, self.second(g, piece(v)), piece(v)))
-            return m, v, dh
-
-        dh = jnp.zeros(h.shape, h.dtype)
-        m, v, dh = lax.fori_loop(0, -(-n // block), update, (m, v, dh))
-        return self.apply(p, m, v), m, v, dh
 
     def rows(self, ids, g, p, m, v):
         """Exact Adam on a table whose gradient is zero outside the rows `ids`
@@ -302,11 +225,16 @@ class _Adam:
     def lazy_rows(self, ids, g, p, m, v):
         """Adam on the rows `ids` only; every other row, moments included,
         stays as it is."""
-        take = lambda a: a.at[ids].get(mode="fill", fill_value=0)  # noqa: E731
+
+        def take(a):
+            return a.at[ids].get(mode="fill", fill_value=0)
+
+        def put(a, b):
+            return a.at[ids].set(b, mode="drop")
+
         m_rows = self.first(g, take(m))
         v_rows = self.second(g, take(v))
         p_rows = self.apply(take(p), m_rows, v_rows)
-        put = lambda a, b: a.at[ids].set(b, mode="drop")  # noqa: E731
         return put(p, p_rows), put(m, m_rows), put(v, v_rows)
 
     def new_state(self, mu, nu):

@@ -114,6 +114,52 @@ def weighted_rows(table: jax.Array, rows: jax.Array, weights: jax.Array) -> jax.
     return jax.lax.fori_loop(0, rows.shape[1], add_position, total)
 
 
+class SongOutput(nn.Module):
+    """The output layer: one logit per song, `h @ kernel.T + bias`.
+
+    The kernel is stored song-major, `[n_songs, features]` (one row per
+    song, like the embedding table), rather than Flax `Dense`'s
+    `[features, n_songs]`: a block of songs is then a contiguous block of
+    rows, and the gradient `dlogits.T @ h` and `dlogits @ kernel` have the
+    shapes a CPU multiplies fastest at this size.
+
+    Attributes:
+      n_songs: number of logits.
+    """
+
+    n_songs: int
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        """Args: h [B, features]. Returns logits [B, n_songs]."""
+        init = nn.initializers.lecun_normal(in_axis=1, out_axis=0)
+        kernel = self.param("kernel", init, (self.n_songs, h.shape[-1]))
+        bias = self.param("bias", nn.initializers.zeros, (self.n_songs,))
+        logits = jax.lax.dot_general(h, kernel, (((1,), (1,)), ((), ())))
+        return add_bias(logits, bias)
+
+
+@jax.custom_vjp
+def add_bias(logits: jax.Array, bias: jax.Array) -> jax.Array:
+    """`logits + bias` for logits `[B, n]`, whose bias gradient, the sum of
+    the logits' gradient over the batch, is taken as `ones @ g`: XLA on CPU
+    sums a `[B, n]` array over its first axis tens of times slower than it
+    multiplies it by a vector."""
+    return logits + bias
+
+
+def _add_bias_forward(logits, bias):
+    return logits + bias, logits.shape[0]
+
+
+def _add_bias_backward(batch, g):
+    ones = jnp.ones((1, batch), g.dtype)
+    return g, (ones @ g).reshape(g.shape[1:])
+
+
+add_bias.defvjp(_add_bias_forward, _add_bias_backward)
+
+
 class Autoencoder(nn.Module):
     """MLP or VAE autoencoder; see the module docstring.
 
@@ -141,7 +187,7 @@ class Autoencoder(nn.Module):
         self.decoder_layers = [
             nn.Dense(h, name=f"decoder_{i}") for i, h in enumerate(reversed(hidden))
         ]
-        self.output = nn.Dense(c.n_outputs, name="output")
+        self.output = SongOutput(c.n_outputs, name="output")
 
     def encode(self, x: jax.Array, dropout_key: jax.Array | None = None):
         """Args: x int32 [B, L]. Returns (mean [B, d], logvar [B, d] or None)."""

@@ -4,7 +4,7 @@ A `Mesh` arranges the devices in a grid with two named axes:
 
 * "data": the users of a batch are split over it (data parallelism);
 * "model": the songs are split over it. The output layer (kernel
-  `[hidden, n_outputs]`, bias `[n_outputs]`), the embedding table
+  `[n_outputs, hidden]`, bias `[n_outputs]`), the embedding table
   `[n_outputs, width]` and the attention score of each song live in
   slices of `n_outputs / model` songs, so no device ever holds a whole
   song-sized matrix. Everything else (the small hidden layers) is
@@ -69,7 +69,7 @@ NO_ITEM_AXIS = -1
 
 # The parameters with one entry per song, and the axis that indexes songs.
 _ITEM_AXES = {
-    ("params", "output", "kernel"): 1,
+    ("params", "output", "kernel"): 0,
     ("params", "output", "bias"): 0,
     ("params", "bag", "embedding"): 0,
     ("params", "bag", "attention"): 0,

@@ -276,7 +276,7 @@ def check_checkpoints(state: dict, directory: str) -> dict:
         "n_outputs": repadded_config.model.n_outputs,
         "kernel_equal": bool(
             np.array_equal(
-                kernel, np.pad(params["params"]["output"]["kernel"], ((0, 0), (0, 3)))
+                kernel, np.pad(params["params"]["output"]["kernel"], ((0, 3), (0, 0)))
             )
         ),
         "moment_equal": bool(

@@ -5,6 +5,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from songrec_jax import fused_step, models, training
@@ -77,25 +78,13 @@ def test_fused_step_matches_the_plain_step(case):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
 
 
-def test_fused_step_blocks_need_not_divide_the_songs():
+def test_fused_step_needs_adams_state():
     config = make_config("fused")
-    optimizer = training.make_optimizer(config)
     params = models.init(config, key=jax.random.key(0))
-    state = {"params": params, "opt_state": optimizer.init(params)}
-    batch = make_batch(0, config)
-    key, beta = jax.random.key(1), jnp.float32(0.5)
-    whole, _ = jax.jit(fused_step.make_step(config, block=N_SONGS))(
-        state, batch, key, beta
-    )
-    blocked, _ = jax.jit(fused_step.make_step(config, block=128))(
-        state, batch, key, beta
-    )
-    for got, want in zip(
-        jax.tree_util.tree_leaves(blocked),
-        jax.tree_util.tree_leaves(whole),
-        strict=True,
-    ):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    state = {"params": params, "opt_state": optax.sgd(0.1).init(params)}
+    step = fused_step.make_step(config)
+    with pytest.raises(ConfigError, match="train.step='plain'"):
+        step(state, make_batch(0, config), jax.random.key(0), jnp.float32(0.5))
 
 
 def test_lazy_updates_leave_rows_outside_the_batch_alone():
