@@ -203,9 +203,7 @@ class _Adam:
         """`p` moved by the update of the (already updated) moments."""
         m_hat = m / self.bias1.astype(m.dtype)
         v_hat = v / self.bias2.astype(v.dtype)
-        update = (-1 * self.lr) * (
-            m_hat / (jnp.sqrt(v_hat + self.eps_root) + self.eps)
-        )
+        update = (-1 * self.lr) * (m_hat / (jnp.sqrt(v_hat + self.eps_root) + self.eps))
         return jnp.asarray(p + update).astype(p.dtype)
 
     def dense(self, g, p, m, v):

@@ -54,7 +54,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from songrec_jax import checkpointing, models, recommend, training
+from songrec_jax import checkpointing, models, recommend, splits, training
 from songrec_jax.config import Config, ModelConfig
 from songrec_jax.errors import CheckpointError, ConfigError, InputError
 
@@ -349,7 +349,9 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
     """Places a batch (NumPy or JAX arrays) by `batch_shardings`.
 
     With several processes each must pass the same global batch; every
-    process then copies only the rows its devices hold.
+    process then copies only the rows its devices hold. Targets given as
+    `splits.DenseTargets` (what `training.train` passes on a mesh) are
+    built only for those rows and songs.
 
     Raises:
       InputError: the batch size does not divide over "data".
@@ -370,6 +372,8 @@ def shard_batch(batch: Batch, mesh: Mesh) -> Batch:
 def _place(value: ArrayLike, sharding: NamedSharding) -> jax.Array:
     if isinstance(value, jax.Array):
         return jax.device_put(value, sharding)
+    if isinstance(value, splits.DenseTargets):  # built block by block
+        return jax.make_array_from_callback(value.shape, sharding, value.__getitem__)
     array = np.asarray(value)
     return jax.make_array_from_callback(array.shape, sharding, lambda i: array[i])
 

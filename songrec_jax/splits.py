@@ -338,6 +338,50 @@ def n_batches(split: UserSplit, batch_size: int, drop_remainder: bool = False) -
     return -(-split.n_users // batch_size)
 
 
+class DenseTargets:
+    """The multi-hot targets of a batch, built only for the slices asked for.
+
+    It stands for the float32 array `[len(rows), width]` of
+    `UserSplit.targets_dense(rows, width)` (a row of -1 is a padding row:
+    all zeros), but builds each block `targets[rows_slice, cols_slice]`
+    when indexed. On a mesh spanning several hosts each process thus
+    builds only the rows and songs its own devices hold
+    (`sharding.shard_batch`), never the whole batch.
+    """
+
+    def __init__(self, split: UserSplit, rows: np.ndarray, width: int):
+        self.split, self.rows, self.width = split, np.asarray(rows), int(width)
+        self.shape = (len(self.rows), self.width)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> np.ndarray:
+        """`targets[rows_slice, cols_slice]` (slices with step 1, as JAX asks)."""
+        index = index if isinstance(index, tuple) else (index,)
+        index = index + (slice(None),) * (2 - len(index))
+        rows = self.rows[index[0]]
+        start, stop, step = index[1].indices(self.width)
+        if step != 1:
+            raise InputError(f"DenseTargets takes column slices of step 1, not {step}")
+        out = np.zeros((len(rows), max(stop - start, 0)), np.float32)
+        real = np.flatnonzero(rows >= 0)
+        starts = self.split.target_indptr[rows[real]]
+        lengths = np.diff(self.split.target_indptr)[rows[real]]
+        offsets = np.cumsum(lengths) - lengths
+        positions = np.repeat(starts - offsets, lengths) + np.arange(lengths.sum())
+        songs = self.split.target_indices[positions]
+        row_of = np.repeat(real, lengths)
+        inside = (songs >= start) & (songs < stop)
+        out[row_of[inside], songs[inside] - start] = 1.0
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
+
+
 def batches(
     split: UserSplit,
     batch_size: int,
@@ -345,6 +389,7 @@ def batches(
     *,
     key=None,
     drop_remainder: bool = False,
+    lazy_targets: bool = False,
 ) -> Iterator[Batch]:
     """One pass over the split in batches of fixed shape.
 
@@ -361,6 +406,8 @@ def batches(
       key: if given, users come in a random order, the same for the same
         key; if None, in the split's order.
       drop_remainder: skip the last partial batch instead of padding it.
+      lazy_targets: yield the targets as `DenseTargets`, built by slices
+        when indexed, instead of a dense array.
 
     Yields:
       dicts with "inputs" int32 [batch_size, input_len] (-1 padded),
@@ -372,16 +419,23 @@ def batches(
     order = np.arange(split.n_users)
     if key is not None:
         order = numpy_rng(key).permutation(split.n_users)
-    return _batch_iterator(split, order, batch_size, n_outputs, total)
+    return _batch_iterator(split, order, batch_size, n_outputs, total, lazy_targets)
 
 
-def _batch_iterator(split, order, batch_size, n_outputs, total) -> Iterator[Batch]:
+def _batch_iterator(
+    split, order, batch_size, n_outputs, total, lazy_targets
+) -> Iterator[Batch]:
     for b in range(total):
         rows = order[b * batch_size : (b + 1) * batch_size]
         inputs = np.full((batch_size, split.input_len), PAD, np.int32)
         inputs[: len(rows)] = split.inputs[rows]
-        targets = np.zeros((batch_size, n_outputs), np.float32)
-        _fill_multi_hot(targets, split.target_indptr, split.target_indices, rows)
+        if lazy_targets:
+            padded = np.full(batch_size, -1, np.int64)
+            padded[: len(rows)] = rows
+            targets = DenseTargets(split, padded, n_outputs)
+        else:
+            targets = np.zeros((batch_size, n_outputs), np.float32)
+            _fill_multi_hot(targets, split.target_indptr, split.target_indices, rows)
         weights = np.zeros(batch_size, np.float32)
         weights[: len(rows)] = 1.0
         yield {"inputs": inputs, "targets": targets, "weights": weights}

@@ -327,11 +327,18 @@ def evaluate_split(
     *,
     beta: float = 1.0,
     eval_step=None,
+    lazy: bool = False,
 ) -> dict[str, float]:
-    """Mean loss parts and NDCG@100 of a split (VAE: decoded from the mean)."""
+    """Mean loss parts and NDCG@100 of a split (VAE: decoded from the mean).
+
+    `lazy` passes the targets as `splits.DenseTargets` (for a sharded
+    `eval_step`, which builds only each device's part).
+    """
     eval_step = eval_step or make_eval_step(config)
     totals: dict[str, float] = {}
-    for batch in splits.batches(split, config.train.batch_size, config.model.n_outputs):
+    for batch in splits.batches(
+        split, config.train.batch_size, config.model.n_outputs, lazy_targets=lazy
+    ):
         sums = eval_step(params, batch, jnp.float32(beta))
         for name, value in sums.items():
             totals[name] = totals.get(name, 0.0) + float(value)
@@ -469,7 +476,11 @@ def train(
             step_losses = []
             bar = tqdm(
                 splits.batches(
-                    train_split, t.batch_size, config.model.n_outputs, key=epoch_key
+                    train_split,
+                    t.batch_size,
+                    config.model.n_outputs,
+                    key=epoch_key,
+                    lazy_targets=mesh is not None,
                 ),
                 total=n_batches,
                 desc=f"epoch {epoch + 1}/{t.epochs}",
@@ -487,7 +498,12 @@ def train(
             train_parts = _check_finite(step_losses, epoch, loop["step"] - n_batches)
             beta = float(losses.beta_at(config.loss, step=loop["step"], epoch=epoch))
             val = evaluate_split(
-                state["params"], config, data_splits.val, beta=beta, eval_step=eval_step
+                state["params"],
+                config,
+                data_splits.val,
+                beta=beta,
+                eval_step=eval_step,
+                lazy=mesh is not None,
             )
             if not all(math.isfinite(v) for v in val.values()):
                 raise TrainingError(

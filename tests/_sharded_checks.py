@@ -325,6 +325,23 @@ def check_train(directory: str) -> dict:
     }
 
 
+def check_lazy_batches() -> dict:
+    """A batch with targets built by blocks equals the dense batch."""
+    from songrec_jax import splits
+
+    data = synthetic.generate(40, N_SONGS, 3, key=0)
+    split = splits.input_target_split(data, np.arange(40), 6, key=0)
+    mesh = sharding.make_mesh(2, 4)
+    dense = next(splits.batches(split, 8, 40, key=1))
+    lazy = next(splits.batches(split, 8, 40, key=1, lazy_targets=True))
+    placed = sharding.shard_batch(lazy, mesh)["targets"]
+    return {
+        "equal": bool(np.array_equal(np.asarray(placed), dense["targets"])),
+        "spec": str(placed.sharding.spec),
+        "shard_shapes": sorted({s.data.shape for s in placed.addressable_shards}),
+    }
+
+
 def main(path: str) -> None:
     results = {"devices": jax.device_count()}
     state: dict = {}
@@ -335,6 +352,7 @@ def main(path: str) -> None:
             ("top_k", lambda: check_top_k(state)),
             ("checkpoint", lambda: check_checkpoints(state, directory)),
             ("train", lambda: check_train(directory + "/run")),
+            ("lazy_batches", check_lazy_batches),
         ]
         for name, check in checks:
             start = time.perf_counter()

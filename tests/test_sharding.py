@@ -83,6 +83,12 @@ def test_sharded_step_equals_the_one_device_step(checks, mesh):
     assert step["compiles"] == 1
 
 
+def test_lazy_targets_are_built_block_by_block_and_equal_dense_ones(checks):
+    lazy = result(checks, "lazy_batches")
+    assert lazy["equal"] and lazy["spec"] == "P('data', 'model')"
+    assert lazy["shard_shapes"] == [[4, 10]]  # 8 users over 2, 40 songs over 4
+
+
 def test_sharded_init_equals_models_init(checks):
     assert result(checks, "train_step")["init_equal"]
 

@@ -407,3 +407,18 @@ def test_autoencoding_split_targets_every_song_and_inputs_what_fits():
     for row, songs in enumerate([[0, 1, 2], [3], [4, 5]]):
         assert split.target_songs(row).tolist() == songs
         assert set(split.input_songs(row)) <= set(songs)
+
+
+def test_lazy_targets_build_exactly_the_block_asked_for():
+    data = random_data(n_users=12)
+    split = splits.input_target_split(data, np.arange(12), 4, key=0)
+    dense = next(splits.batches(split, 16, data.n_songs + 3, key=1))
+    lazy = next(splits.batches(split, 16, data.n_songs + 3, key=1, lazy_targets=True))
+    np.testing.assert_array_equal(lazy["inputs"], dense["inputs"])
+    targets = lazy["targets"]
+    assert isinstance(targets, splits.DenseTargets)
+    assert targets.shape == dense["targets"].shape and len(targets) == 16
+    np.testing.assert_array_equal(np.asarray(targets), dense["targets"])
+    for rows, cols in [(slice(0, 8), slice(0, 5)), (slice(8, 16), slice(3, None))]:
+        np.testing.assert_array_equal(targets[rows, cols], dense["targets"][rows, cols])
+    assert not targets[12:].any()  # padding rows
