@@ -414,10 +414,10 @@ def test_latent_distance_rejects_bad_shapes():
         metrics.latent_distance(z[0], np.zeros(3))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     k=st.integers(1, 6),
-    n=st.integers(3000, 6000),
+    n=st.sampled_from([3001, 4096, 5999]),  # few shapes: few compilations
     levels=st.sampled_from([3, 50, 0]),
     seed=st.integers(0, 2**16),
 )
