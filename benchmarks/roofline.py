@@ -112,13 +112,17 @@ def machine() -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--songs", type=int, default=180_198)
     parser.add_argument("--hidden", type=int, default=600)
     parser.add_argument("--batch", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     rows = []
     for batch in args.batch:
         for dtype in ("float32", "bfloat16"):

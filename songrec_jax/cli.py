@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -506,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("songrec: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`songrec data | head`)
+        try:  # no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except (SongrecError, FileNotFoundError, PermissionError) as e:
         if debug:
             raise

@@ -78,3 +78,27 @@ def test_latent_statistics_agree_with_a_loop_over_users():
         "user_latents",
         "means_and_stds",
     }
+
+
+def test_streaming_memory_stays_flat_with_more_users():
+    report = run(
+        "streaming_memory.py",
+        *("--users", "500", "3000", "--songs", "2000", "--dims", "32", "8"),
+        *("--chunk-size", "1000"),
+    )
+    assert [r["users"] for r in report["runs"]] == [500, 3000]
+    for r in report["runs"]:
+        assert r["samples"] > 0 and r["peak_rss"] >= r["rss_before"] > 0
+    assert report["within_limit"] and report["flat"]
+
+
+def test_sharding_memory_divides_the_song_arrays():
+    report = run(
+        "sharding_memory.py",
+        *("--songs", "1000", "--dims", "64", "16", "--meshes", "2x4"),
+        *("--materialize", "--compile"),
+    )
+    (mesh,) = report["meshes"]
+    assert mesh["mesh"] == [2, 4] and mesh["measured_matches"]
+    assert mesh["params_bytes"] < 0.3 * report["unsharded"]["params_bytes"]
+    assert mesh["step_temp_bytes"] > 0

@@ -1,6 +1,8 @@
 """The `songrec` command line, run in-process on tiny synthetic data."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,23 @@ def test_quick_demo_on_real_data(tmp_path, capsys, monkeypatch, lastfm_dir):
         assert row in out["tables"]["strong"]["rows"]
     assert len(out["sample"]["lists"]) == 3
     assert all(Path(f).stat().st_size > 0 for f in out["files"])
+
+
+def test_a_closed_pipe_ends_quietly():
+    # As `songrec data | head -c 10` would, with more output than a pipe holds.
+    code = (
+        "import sys\n"
+        "from songrec_jax import cli\n"
+        "cli.cmd_data = lambda args: [print('x' * 1000) for _ in range(1000)]\n"
+        "sys.exit(cli.main(['data']))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
