@@ -26,8 +26,9 @@ The pieces:
   `k` best of every slice are gathered over "model" and ranked again;
 * `restore_sharded`: restores a checkpoint straight onto a mesh of any
   shape, padding the songs anew when the mesh needs it;
-* `initialize_distributed`, `process_users`: several hosts, each running
-  the same program (JAX's multi-controller model).
+* `initialize_distributed`, `process_users`, `process_block`,
+  `global_batch`: several hosts, each running the same program (JAX's
+  multi-controller model), each training on its own share of the users.
 
 Running on one host with N CPU "devices" (for tests) needs
 `XLA_FLAGS=--xla_force_host_platform_device_count=N` before JAX starts;
@@ -776,8 +777,10 @@ def initialize_distributed(
     detects on a cluster it knows (Slurm, Open MPI, Kubernetes, TPU pods).
     Afterwards `jax.devices()` lists every process's devices, so
     `make_mesh()` spans them all; every process then runs the same
-    program (training reads the whole data set in each process and feeds
-    each device its rows of the global batch).
+    program. In training each process loads the data set, and when its
+    devices hold whole rows of the mesh's "data" axis (`process_block`),
+    it batches only its own share of the training users; otherwise every
+    process builds each global batch and places only its devices' rows.
 
     Args:
       coordinator_address: "host:port" of process 0.
@@ -856,3 +859,52 @@ def process_users(
     if not 0 <= index < count:
         raise InputError(f"process_index={index} must be in [0, {count})")
     return slice(n_users * index // count, n_users * (index + 1) // count)
+
+
+def process_block(mesh: Mesh) -> tuple[int, int] | None:
+    """Where this process's rows of a global batch lie on the mesh.
+
+    When every process holds whole rows of the "data" axis (all "model"
+    shards of them) and the same number of them, contiguously, each
+    process can build its own part of every global batch from its own
+    users: this returns `(index, count)`, the position of this process's
+    block of rows among the `count` processes. Otherwise (the model axis
+    spans processes, or the mesh is on one process) it returns None and
+    every process builds the whole global batch.
+    """
+    if jax.process_count() == 1:
+        return None
+    devices = np.asarray(mesh.devices)
+    owners = np.vectorize(lambda d: d.process_index)(devices)  # [data, model]
+    if not (owners == owners[:, :1]).all():
+        return None  # a row of the data axis spans processes
+    rows = owners[:, 0]
+    processes, sizes = np.unique(rows, return_counts=True)
+    mine = np.flatnonzero(rows == jax.process_index())
+    if (
+        len(processes) != jax.process_count()
+        or len(set(sizes.tolist())) != 1
+        or len(mine) == 0
+        or np.any(np.diff(mine) != 1)
+    ):
+        return None
+    return int(mine[0]) // len(mine), len(processes)
+
+
+def global_batch(local: Batch, mesh: Mesh, count: int) -> Batch:
+    """The global batch made of every process's local rows.
+
+    `local` holds this process's `batch_size / count` rows (see
+    `process_block`); each process passes its own.
+    """
+    shardings = batch_shardings(mesh)
+    out = {}
+    for name, value in local.items():
+        array = np.asarray(
+            value[:, :] if isinstance(value, splits.DenseTargets) else value
+        )
+        shape = (array.shape[0] * count, *array.shape[1:])
+        out[name] = jax.make_array_from_process_local_data(
+            shardings[name], array, shape
+        )
+    return out

@@ -192,6 +192,29 @@ def training_split(
     )
 
 
+def _process_batches(local_batches, total, split, rows, config, mesh, count):
+    """This process's batches as parts of global batches, `total` of them
+    (padding batches once its own users are used up, since every process
+    must take part in every step)."""
+    from songrec_jax import sharding
+
+    empty = splits.UserSplit(
+        users=np.zeros(0, np.int64),
+        inputs=np.zeros((0, split.input_len), np.int32),
+        target_indptr=np.zeros(1, np.int64),
+        target_indices=np.zeros(0, np.int32),
+    )
+    padding = next(
+        splits._batch_iterator(
+            empty, np.zeros(0, np.int64), rows, config.model.n_outputs, 1, False
+        )
+    )
+    local_batches = iter(local_batches)
+    for _ in range(total):
+        local = next(local_batches, padding)
+        yield sharding.global_batch(local, mesh, count)
+
+
 def check_data(data: ListeningData, config: Config) -> None:
     if data.n_songs != config.model.n_songs:
         raise ConfigError(
@@ -377,7 +400,11 @@ def train(
       mesh: train on the devices of this mesh (`sharding.make_mesh`):
         batches split over its "data" axis, songs over "model". The config
         is padded first (`sharding.padded_config`); the result and the
-        checkpoints carry the padded config. None trains on one device.
+        checkpoints carry the padded config. On several processes whose
+        devices each hold whole rows of the "data" axis, each process
+        batches only its own contiguous share of the training users
+        (`sharding.process_block`), so the batches differ from a
+        one-process run. None trains on one device.
 
     Returns:
       The best parameters, the history and the splits.
@@ -463,25 +490,59 @@ def train(
         train_step = sharding.make_train_step(config, optimizer, mesh)
         eval_step = sharding.make_eval_step(config, mesh)
     state = {"params": params, "opt_state": opt_state}
-    n_batches = splits.n_batches(data_splits.train, t.batch_size)
+    # On several processes whose devices each hold whole rows of the batch,
+    # every process trains on its own share of the training users.
+    block = sharding.process_block(mesh) if mesh is not None else None
+    if block is None:
+        own_users, batch_rows = data_splits.train_users, t.batch_size
+        n_batches = splits.n_batches(data_splits.train, t.batch_size)
+    else:
+        index, count = block
+        n = len(data_splits.train_users)
+        own_users = data_splits.train_users[
+            n * index // count : n * (index + 1) // count
+        ]
+        batch_rows = t.batch_size // count
+        largest_share = -(-n // count)
+        n_batches = -(-largest_share // batch_rows)  # the same in every process
+        log.info(
+            "process %d of %d trains on %d of the %d training users",
+            index,
+            count,
+            len(own_users),
+            n,
+        )
     try:
         while loop["epoch"] < t.epochs and not loop["done"]:
             epoch = loop["epoch"]
             epoch_key = jax.random.fold_in(keys["batches"], epoch)
             train_split = data_splits.train
-            if t.resample and epoch > 0:
+            if block is not None or (t.resample and epoch > 0):
                 train_split = training_split(
-                    data, config, data_splits.train_users, epoch=epoch
+                    data, config, own_users, epoch=epoch if t.resample else 0
                 )
             step_losses = []
-            bar = tqdm(
-                splits.batches(
+            epoch_batches = splits.batches(
+                train_split,
+                batch_rows,
+                config.model.n_outputs,
+                key=epoch_key
+                if block is None
+                else jax.random.fold_in(epoch_key, index),
+                lazy_targets=mesh is not None,
+            )
+            if block is not None:
+                epoch_batches = _process_batches(
+                    epoch_batches,
+                    n_batches,
                     train_split,
-                    t.batch_size,
-                    config.model.n_outputs,
-                    key=epoch_key,
-                    lazy_targets=mesh is not None,
-                ),
+                    batch_rows,
+                    config,
+                    mesh,
+                    count,
+                )
+            bar = tqdm(
+                epoch_batches,
                 total=n_batches,
                 desc=f"epoch {epoch + 1}/{t.epochs}",
                 disable=not progress,

@@ -4,7 +4,9 @@
 the two processes has 2 virtual CPU devices; together they form a
 (data=2, model=2) mesh across both processes. The process trains one
 sharded step and ranks songs with `sharded_top_k`, compares both with a
-one-device run on its own first device, and writes what it found as JSON.
+one-device run on its own first device, then trains with `training.train`
+on the mesh (each process on its own share of the users), and writes
+what it found as JSON.
 """
 
 import os
@@ -78,8 +80,50 @@ def main(process_id: int, port: int, path: str) -> None:
         "shard_shapes": sorted({tuple(s.data.shape) for s in shards}),
         "top_k_equal": bool(np.array_equal(top.indices, expected.indices)),
     }
+    result.update(train_on_own_users(mesh, count))
     with open(path, "w") as f:
         json.dump(result, f)
+
+
+def train_on_own_users(mesh, count: int) -> dict:
+    """`training.train` on the mesh: each process batches only its share of
+    the training users (recorded here), and both end with the same model."""
+    import hashlib
+
+    import numpy as np
+
+    from songrec_jax import splits, synthetic, training
+    from songrec_jax.config import Config, LossConfig, ModelConfig, TrainConfig
+
+    data = synthetic.generate(n_users=120, n_songs=50, n_tags=4, key=3)
+    config = Config(
+        model=ModelConfig(kind="vae", n_songs=50, input_len=8, dims=(16, 4)),
+        loss=LossConfig(name="ce", beta=0.2),
+        train=TrainConfig(batch_size=16, epochs=2, learning_rate=0.01),
+    )
+    seen: list[int] = []
+    batches = splits.batches
+
+    def recording(split, batch_size, *args, **kwargs):
+        if batch_size == config.train.batch_size // count:  # training batches
+            seen.extend(split.users.tolist())
+        return batches(split, batch_size, *args, **kwargs)
+
+    splits.batches = recording
+    try:
+        result = training.train(config, data, mesh=mesh, progress=False)
+    finally:
+        splits.batches = batches
+    digest = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(result.params):
+        for shard in sorted(leaf.addressable_shards, key=lambda s: str(s.index)):
+            digest.update(np.asarray(shard.data).tobytes())
+    return {
+        "own_users": sorted(set(seen)),
+        "train_users": sorted(result.splits.train_users.tolist()),
+        "epochs": len(result.history.to_dict()["runs"][0]),
+        "params_sha256": digest.hexdigest(),
+    }
 
 
 if __name__ == "__main__":

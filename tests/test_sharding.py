@@ -161,12 +161,21 @@ def test_two_processes_train_and_rank_on_one_mesh(tmp_path):
             proc.kill()
     for proc, error in zip(procs, errors, strict=True):
         assert proc.returncode == 0, error[-4000:]
-    for i, out in enumerate(outs):
-        found = json.loads(out.read_text())
-        assert found["process"] == [i, 2] and found["devices"] == [2, 4]
-        assert found["loss_diff"] < TOLERANCE and found["kernel_diff"] < TOLERANCE
-        assert found["shard_shapes"] == [[20, 8]]  # half of the 40 songs
-        assert found["top_k_equal"]
+    found = [json.loads(out.read_text()) for out in outs]
+    for i, f in enumerate(found):
+        assert f["process"] == [i, 2] and f["devices"] == [2, 4]
+        assert f["loss_diff"] < TOLERANCE and f["kernel_diff"] < TOLERANCE
+        assert f["shard_shapes"] == [[20, 8]]  # half of the 40 songs
+        assert f["top_k_equal"]
+        assert f["epochs"] == 2
+    # Training: each process batched only its own half of the training users,
+    # and both hold the same trained model.
+    own = [set(f["own_users"]) for f in found]
+    train_users = set(found[0]["train_users"])
+    assert own[0] and own[1] and not own[0] & own[1]
+    assert own[0] | own[1] == train_users
+    assert abs(len(own[0]) - len(own[1])) <= 1
+    assert found[0]["params_sha256"] == found[1]["params_sha256"]
 
 
 # ----------------------------------------------------------------------------
