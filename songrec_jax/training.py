@@ -198,17 +198,11 @@ def _process_batches(local_batches, total, split, rows, config, mesh, count):
     must take part in every step)."""
     from songrec_jax import sharding
 
-    empty = splits.UserSplit(
-        users=np.zeros(0, np.int64),
-        inputs=np.zeros((0, split.input_len), np.int32),
-        target_indptr=np.zeros(1, np.int64),
-        target_indices=np.zeros(0, np.int32),
-    )
-    padding = next(
-        splits._batch_iterator(
-            empty, np.zeros(0, np.int64), rows, config.model.n_outputs, 1, False
-        )
-    )
+    padding = {
+        "inputs": np.full((rows, split.input_len), splits.PAD, np.int32),
+        "targets": np.zeros((rows, config.model.n_outputs), np.float32),
+        "weights": np.zeros(rows, np.float32),
+    }
     local_batches = iter(local_batches)
     for _ in range(total):
         local = next(local_batches, padding)
