@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dims", type=int, nargs="+", default=[600, 200])
     parser.add_argument("--input-len", type=int, default=100)
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=1024, help="users per call")
+    parser.add_argument("--batch-size", type=int, default=512, help="users per call")
     parser.add_argument(
         "--loss", default="ce", choices=["ce", "bce"], help="softmax or sigmoid scores"
     )

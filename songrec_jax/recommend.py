@@ -366,7 +366,7 @@ def recommend(
     *,
     k: int = 100,
     exclude_seen: bool = True,
-    batch_size: int = 1024,
+    batch_size: int = 512,
     tags: Mapping[str, float] | None = None,
     alpha: float = 0.0,
     method: str = "postfilter",
@@ -390,7 +390,9 @@ def recommend(
       k: songs per user, `1 <= k <= n_songs`.
       exclude_seen: never recommend a user's input songs.
       batch_size: users per jitted chunk; bounds memory to about
-        `batch_size * n_outputs` floats. The ranking does not depend on it;
+        `batch_size * n_outputs` floats. At 180,198 songs on a CPU, 256-512
+        users keep a chunk's scores close to the caches and ran fastest
+        (`benchmarks/scoring.py --batch-size`). The ranking does not depend on it;
         the scores may differ in the last bit, as XLA can choose other
         kernels for another chunk shape.
       tags: tag name -> weight >= 0 to steer towards; None or {} for none.
