@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import roofline  # noqa: E402
 
 GIB = 2**30
 MIB = 2**20
@@ -90,21 +92,6 @@ def write_users(path: Path, n_users: int, n_songs: int, input_len: int) -> None:
             songs.tofile(f)
 
 
-def peak_rss() -> int:
-    """The high-water mark of this process's resident memory, in bytes."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Resets the high-water mark to the current resident memory (Linux)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def current_rss() -> int:
     """This process's resident memory now, in bytes (Linux; 0 elsewhere)."""
     try:
@@ -156,9 +143,9 @@ def child(args: argparse.Namespace) -> dict:
     )
     params = jax.block_until_ready(models.init(config, key=jax.random.key(0)))
     model_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
-    init_peak = peak_rss()
+    init_peak = roofline.peak_rss_bytes()
     before = current_rss()
-    was_reset = reset_peak_rss()
+    was_reset = roofline.reset_peak_rss()
     sampler = RssSampler()
     sampler.start()
     start = time.perf_counter()
@@ -180,7 +167,7 @@ def child(args: argparse.Namespace) -> dict:
         "rss_before": before,
         "peak_rss": sampler.stop(),
         "samples": sampler.samples,
-        "high_water_rss": peak_rss(),
+        "high_water_rss": roofline.peak_rss_bytes(),
         "peak_was_reset": was_reset,
         "seconds": seconds,
     }

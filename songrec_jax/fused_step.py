@@ -60,14 +60,6 @@ def make_step(config: Config, *, lazy: bool = False) -> Step:
       The step function.
     """
     c = config.model
-    model = models.Autoencoder(c)
-
-    def forward(module, x, key):
-        # `models._forward` with train=True.
-        dropout_key, z_key = jax.random.split(key)
-        mean, logvar = module.encode(x, dropout_key)
-        z = mean if logvar is None else models.reparametrize(mean, logvar, key=z_key)
-        return module.decode(z), mean, logvar
 
     def step(state, batch, key, beta):
         params = state["params"]["params"]
@@ -82,8 +74,8 @@ def make_step(config: Config, *, lazy: bool = False) -> Step:
 
         def loss_of(dense, rows):
             variables = {"params": _with(dense, sparse), "rows": {"bag": rows}}
-            logits, mean, logvar = model.apply(variables, x_local, key, method=forward)
-            posterior = {} if logvar is None else {"mean": mean, "logvar": logvar}
+            logits, aux = models._forward(variables, c, x_local, key, True)
+            posterior = {} if aux["logvar"] is None else aux
             return losses.loss_fn(
                 config.loss,
                 logits,

@@ -323,11 +323,7 @@ def _top_k_of_logits(
         padding = jnp.zeros(n_outputs - n_songs, log_multipliers.dtype)
         keys = logits + jnp.concatenate([log_multipliers, padding])
     if plain:
-        if exclude_seen:
-            rows = jnp.arange(x.shape[0])[:, None]
-            songs = jnp.where(x >= 0, x, n_outputs)  # padding -> dropped
-            keys = keys.at[rows, songs].set(-jnp.inf, mode="drop")
-        values, indices = lax.top_k(keys, k)
+        values, indices = lax.top_k(_without_seen(keys, x) if exclude_seen else keys, k)
         exact = jnp.bool_(True)
     else:
         values, indices, exact = metrics.grouped_top_k(
@@ -345,15 +341,18 @@ def _top_k_of_logits(
     return indices, jnp.where(found, scores, -jnp.inf), exact
 
 
+def _without_seen(scores, x):
+    """`scores [B, n]` with each user's input songs set to -inf."""
+    rows = jnp.arange(x.shape[0])[:, None]
+    songs = jnp.where(x >= 0, x, scores.shape[1])  # padding -> dropped
+    return scores.at[rows, songs].set(-jnp.inf, mode="drop")
+
+
 def _top_k_of_scores(scores, x, k, exclude_seen):
     """Top k of per-song scores `[B, n_songs]`, seen songs excluded."""
-    exclude = None
     if exclude_seen:
-        rows = jnp.arange(x.shape[0])[:, None]
-        songs = jnp.where(x >= 0, x, scores.shape[1])  # padding -> dropped
-        exclude = jnp.zeros(scores.shape, bool)
-        exclude = exclude.at[rows, songs].set(True, mode="drop")
-    indices, values = metrics.top_k(scores, k, exclude=exclude)
+        scores = _without_seen(scores, x)
+    indices, values = metrics.top_k(scores, k)
     # Only excluded songs score -inf: mark the slots nothing else could fill.
     indices = jnp.where(values > -jnp.inf, indices, -1)
     return indices, values
@@ -405,9 +404,9 @@ def recommend(
         implies.
       normalize: softmax scores are log-probabilities (the default). False
         returns `logits + log(multiplier)` instead: the same ranking
-        without the softmax normaliser, which costs an `exp` of every song
-        (about a sixth of the time at 180,000 songs on a CPU). No effect on
-        sigmoid scores.
+        without the softmax normaliser (one pass of `exp` over every
+        song; `benchmarks/scoring.py` times both). No effect on sigmoid
+        scores.
       progress: show a progress bar over chunks.
 
     Returns:

@@ -900,9 +900,7 @@ def global_batch(local: Batch, mesh: Mesh, count: int) -> Batch:
     shardings = batch_shardings(mesh)
     out = {}
     for name, value in local.items():
-        array = np.asarray(
-            value[:, :] if isinstance(value, splits.DenseTargets) else value
-        )
+        array = np.asarray(value)  # builds `splits.DenseTargets` whole
         shape = (array.shape[0] * count, *array.shape[1:])
         out[name] = jax.make_array_from_process_local_data(
             shardings[name], array, shape

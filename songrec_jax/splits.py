@@ -390,6 +390,7 @@ def batches(
     key=None,
     drop_remainder: bool = False,
     lazy_targets: bool = False,
+    min_batches: int = 0,
 ) -> Iterator[Batch]:
     """One pass over the split in batches of fixed shape.
 
@@ -408,13 +409,16 @@ def batches(
       drop_remainder: skip the last partial batch instead of padding it.
       lazy_targets: yield the targets as `DenseTargets`, built by slices
         when indexed, instead of a dense array.
+      min_batches: yield at least this many batches, the extra ones all
+        padding (processes that batch different users must take the same
+        number of steps).
 
     Yields:
       dicts with "inputs" int32 [batch_size, input_len] (-1 padded),
       "targets" float32 [batch_size, n_outputs] (multi-hot), and
       "weights" float32 [batch_size] (1 for a user, 0 for a padding row).
     """
-    total = n_batches(split, batch_size, drop_remainder)
+    total = max(n_batches(split, batch_size, drop_remainder), min_batches)
     _check_width("n_outputs", n_outputs, split)
     order = np.arange(split.n_users)
     if key is not None:

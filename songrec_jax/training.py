@@ -192,23 +192,6 @@ def training_split(
     )
 
 
-def _process_batches(local_batches, total, split, rows, config, mesh, count):
-    """This process's batches as parts of global batches, `total` of them
-    (padding batches once its own users are used up, since every process
-    must take part in every step)."""
-    from songrec_jax import sharding
-
-    padding = {
-        "inputs": np.full((rows, split.input_len), splits.PAD, np.int32),
-        "targets": np.zeros((rows, config.model.n_outputs), np.float32),
-        "weights": np.zeros(rows, np.float32),
-    }
-    local_batches = iter(local_batches)
-    for _ in range(total):
-        local = next(local_batches, padding)
-        yield sharding.global_batch(local, mesh, count)
-
-
 def check_data(data: ListeningData, config: Config) -> None:
     if data.n_songs != config.model.n_songs:
         raise ConfigError(
@@ -487,15 +470,15 @@ def train(
     # On several processes whose devices each hold whole rows of the batch,
     # every process trains on its own share of the training users.
     block = sharding.process_block(mesh) if mesh is not None else None
-    if block is None:
-        own_users, batch_rows = data_splits.train_users, t.batch_size
-        n_batches = splits.n_batches(data_splits.train, t.batch_size)
-    else:
+    own_users, own_split = data_splits.train_users, data_splits.train
+    batch_rows, n_batches = t.batch_size, splits.n_batches(own_split, t.batch_size)
+    if block is not None:
         index, count = block
-        n = len(data_splits.train_users)
-        own_users = data_splits.train_users[
-            n * index // count : n * (index + 1) // count
+        n = len(own_users)
+        own_users = own_users[
+            sharding.process_users(n, process_index=index, process_count=count)
         ]
+        own_split = training_split(data, config, own_users, epoch=0)
         batch_rows = t.batch_size // count
         largest_share = -(-n // count)
         n_batches = -(-largest_share // batch_rows)  # the same in every process
@@ -510,11 +493,9 @@ def train(
         while loop["epoch"] < t.epochs and not loop["done"]:
             epoch = loop["epoch"]
             epoch_key = jax.random.fold_in(keys["batches"], epoch)
-            train_split = data_splits.train
-            if block is not None or (t.resample and epoch > 0):
-                train_split = training_split(
-                    data, config, own_users, epoch=epoch if t.resample else 0
-                )
+            train_split = own_split
+            if t.resample and epoch > 0:
+                train_split = training_split(data, config, own_users, epoch=epoch)
             step_losses = []
             epoch_batches = splits.batches(
                 train_split,
@@ -524,16 +505,11 @@ def train(
                 if block is None
                 else jax.random.fold_in(epoch_key, index),
                 lazy_targets=mesh is not None,
+                min_batches=n_batches,
             )
             if block is not None:
-                epoch_batches = _process_batches(
-                    epoch_batches,
-                    n_batches,
-                    train_split,
-                    batch_rows,
-                    config,
-                    mesh,
-                    count,
+                epoch_batches = (
+                    sharding.global_batch(b, mesh, count) for b in epoch_batches
                 )
             bar = tqdm(
                 epoch_batches,
