@@ -131,3 +131,65 @@ def test_lazy_updates_need_a_step_that_can_do_them():
         TrainConfig(step="plain", lazy_embedding_updates=True)
     with pytest.raises(ConfigError, match="train.step='slow'"):
         TrainConfig(step="slow")
+
+
+def kernel_copies(config, step):
+    """The copies of the output kernel in the compiled step."""
+    optimizer = training.make_optimizer(config)
+    params = models.init(config, key=jax.random.key(0))
+    state = {"params": params, "opt_state": optimizer.init(params)}
+    args = (state, make_batch(0, config), jax.random.key(0), jnp.float32(0.5))
+    hlo = jax.jit(step, donate_argnums=0).lower(*args).compile().as_text()
+    shape = f"f32[{config.model.n_outputs},{config.model.dims[0]}]"
+    return [
+        line for line in hlo.splitlines() if f"= {shape}" in line and " copy(" in line
+    ]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_fused_step_updates_the_output_kernel_in_place(lazy):
+    config = make_config("fused", lazy=lazy)
+    assert kernel_copies(config, fused_step.make_step(config, lazy=lazy)) == []
+
+
+def test_cpu_gemm_options_only_for_large_multinomial_steps(monkeypatch):
+    large = make_config("fused").replace(
+        model=ModelConfig(n_songs=fused_step.AUTO_MIN_SONGS, dims=(8,))
+    )
+    assert jax.default_backend() == "cpu"
+    assert training.compiler_options(large) == training.CPU_GEMM_OPTIONS
+    assert training.compiler_options(make_config("fused")) is None  # small
+    bce = large.replace(loss=LossConfig(name="bce"))
+    assert training.compiler_options(bce) is None
+    monkeypatch.setattr(training, "_accepts", lambda options: False)
+    assert training.compiler_options(large) is None
+
+
+def test_cpu_gemm_options_compute_the_same_step():
+    config = Config(
+        model=ModelConfig(
+            kind="vae", n_songs=fused_step.AUTO_MIN_SONGS, dims=(16, 4), input_len=12
+        ),
+        loss=LossConfig(name="ce", beta=0.5),
+        train=TrainConfig(batch_size=BATCH),
+    )
+    assert training.compiler_options(config)
+    optimizer = training.make_optimizer(config)
+    raw = fused_step.make_step(config)
+    results = []
+    for options in (None, training.compiler_options(config)):
+        params = models.init(config, key=jax.random.key(0))
+        state = {"params": params, "opt_state": optimizer.init(params)}
+        step = jax.jit(raw, donate_argnums=0, compiler_options=options)
+        for i in range(2):
+            batch = make_batch(i, config)
+            state, parts = step(state, batch, jax.random.key(i), jnp.float32(0.5))
+        results.append((state, parts))
+    (state, parts), (tuned_state, tuned_parts) = results
+    np.testing.assert_allclose(tuned_parts["total"], parts["total"], rtol=1e-5)
+    for got, want in zip(
+        jax.tree_util.tree_leaves(tuned_state),
+        jax.tree_util.tree_leaves(state),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
