@@ -226,11 +226,15 @@ def make_train_step(config: Config, optimizer: optax.GradientTransformation):
     reused for the result. `config.train.step` chooses the implementation
     (`uses_fused_step`); both compute Adam's update of the same loss.
     """
+    options = compiler_options(config)
     if uses_fused_step(config):
-        step = fused_step.make_step(config, lazy=config.train.lazy_embedding_updates)
-    else:
-        step = plain_train_step(config, optimizer)
-    return jax.jit(step, donate_argnums=0, compiler_options=compiler_options(config))
+        return fused_step.BufferedStep(
+            config,
+            lazy=config.train.lazy_embedding_updates,
+            compiler_options=options,
+        )
+    step = plain_train_step(config, optimizer)
+    return jax.jit(step, donate_argnums=0, compiler_options=options)
 
 
 CPU_GEMM_OPTIONS = {
