@@ -224,7 +224,10 @@ def make_train_step(config: Config, optimizer: optax.GradientTransformation):
 
     `state` is `{"params", "opt_state"}` and is donated: its buffers are
     reused for the result. `config.train.step` chooses the implementation
-    (`uses_fused_step`); both compute Adam's update of the same loss.
+    (`uses_fused_step`); both compute Adam's update of the same loss. The
+    fused one is a `fused_step.BufferedStep` (it also has `lower` and
+    `_cache_size`), compiled with `compiler_options(config)` like the
+    plain one.
     """
     options = compiler_options(config)
     if uses_fused_step(config):
