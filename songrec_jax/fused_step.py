@@ -171,25 +171,25 @@ class BufferedStep:
         )
         self._buffer = None
 
-    def _take_buffer(self, state):
-        kernel = state["params"]["params"]["output"]["kernel"]
-        buffer, self._buffer = self._buffer, None
-        if buffer is None or buffer.shape != kernel.shape or buffer.is_deleted():
-            buffer = jnp.zeros(kernel.shape, kernel.dtype)
-        return buffer
-
     def __call__(self, state, batch, key, beta):
-        buffer = self._take_buffer(state)
+        buffer, self._buffer = self._buffer, None  # donated: never reused
+        if buffer is None:
+            spec = _gradient_spec(state)
+            buffer = jnp.zeros(spec.shape, spec.dtype)
         new_state, parts, self._buffer = self._jitted(state, buffer, batch, key, beta)
         return new_state, parts
 
     def lower(self, state, batch, key, beta):
-        kernel = state["params"]["params"]["output"]["kernel"]
-        buffer = jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)
-        return self._jitted.lower(state, buffer, batch, key, beta)
+        return self._jitted.lower(state, _gradient_spec(state), batch, key, beta)
 
     def _cache_size(self) -> int:
         return self._jitted._cache_size()
+
+
+def _gradient_spec(state) -> jax.ShapeDtypeStruct:
+    """Shape and dtype of the output kernel's gradient."""
+    kernel = state["params"]["params"]["output"]["kernel"]
+    return jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)
 
 
 # ----------------------------------------------------------------------------

@@ -261,15 +261,15 @@ def compiler_options(config: Config) -> dict[str, str] | None:
     large = config.model.n_outputs >= fused_step.AUTO_MIN_SONGS
     if config.loss.name != "ce" or not large or jax.default_backend() != "cpu":
         return None
-    return CPU_GEMM_OPTIONS if _accepts(tuple(CPU_GEMM_OPTIONS.items())) else None
+    return CPU_GEMM_OPTIONS if _accepts_cpu_gemm_options() else None
 
 
 @functools.cache
-def _accepts(options: tuple[tuple[str, str], ...]) -> bool:
-    """Whether this jaxlib compiles with these XLA options (older ones may
+def _accepts_cpu_gemm_options() -> bool:
+    """Whether this jaxlib compiles with `CPU_GEMM_OPTIONS` (older ones may
     not know them)."""
     try:
-        probe = jax.jit(lambda x: x + 1, compiler_options=dict(options))
+        probe = jax.jit(lambda x: x + 1, compiler_options=CPU_GEMM_OPTIONS)
         probe.lower(jnp.float32(0)).compile()
     except Exception:  # noqa: BLE001 (any rejection means: do without)
         return False

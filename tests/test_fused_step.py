@@ -161,7 +161,7 @@ def test_cpu_gemm_options_only_for_large_multinomial_steps(monkeypatch):
     assert training.compiler_options(make_config("fused")) is None  # small
     bce = large.replace(loss=LossConfig(name="bce"))
     assert training.compiler_options(bce) is None
-    monkeypatch.setattr(training, "_accepts", lambda options: False)
+    monkeypatch.setattr(training, "_accepts_cpu_gemm_options", lambda: False)
     assert training.compiler_options(large) is None
 
 
